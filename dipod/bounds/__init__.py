@@ -1,0 +1,1 @@
+"""Likelihood surrogates (ELBO, EUBO, importance-weighted bounds) and exact likelihoods."""

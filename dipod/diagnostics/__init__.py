@@ -1,0 +1,1 @@
+"""Double-drift diagnostics, plots and reports."""

@@ -1,0 +1,43 @@
+"""ELBO-ratio PPO (FPO): PPO's clipped surrogate with rho = exp(ELBO_new - ELBO_old) per sample."""
+
+from __future__ import annotations
+
+import torch
+
+from dipod.types import LossOut
+
+
+def ratio_ppo_loss(
+    elbo_new: torch.Tensor,
+    elbo_old: torch.Tensor,
+    adv: torch.Tensor,
+    *,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+) -> LossOut:
+    """Clipped surrogate -mean min(rho * A, clip(rho, 1 - clip_low, 1 + clip_high) * A).
+
+    With exact log-likelihoods in place of ELBOs this is PPO itself (the Gaussian baseline uses it so).
+    Under common random numbers rho == 1 before the first update, and the gradient is mean(A * grad ELBO).
+
+    Args:
+        elbo_new: (B,) ELBO of the current policy, with gradient.
+        elbo_old: (B,) ELBO of the rollout policy on the same draws, no gradient.
+        adv: (B,) advantages.
+    Stats: ``pg_loss``, ``ratio_mean``, ``clip_frac`` (share of samples whose clipped branch is
+    active, i.e. whose gradient is zeroed), ``approx_kl`` (k3 estimate), ``elbo_mean``.
+    """
+    log_ratio = elbo_new - elbo_old.detach()  # (B,)
+    ratio = log_ratio.exp()
+    clipped_ratio = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    pg_loss = -torch.minimum(ratio * adv, clipped_ratio * adv).mean()
+    with torch.no_grad():
+        clipped = ((adv > 0) & (ratio > 1.0 + clip_high)) | ((adv < 0) & (ratio < 1.0 - clip_low))
+        stats = {
+            "pg_loss": pg_loss.detach(),
+            "ratio_mean": ratio.mean(),
+            "clip_frac": clipped.float().mean(),
+            "approx_kl": ((ratio - 1.0) - log_ratio).mean(),
+            "elbo_mean": elbo_new.mean(),
+        }
+    return LossOut(loss=pg_loss, stats=stats, elbo=elbo_new)

@@ -1,0 +1,30 @@
+"""Terms that keep the policy near a reference policy (the pretrained model, adapter disabled)."""
+
+from __future__ import annotations
+
+import torch
+
+from dipod.types import LossOut
+
+
+def elbo_difference_penalty(elbo_new: torch.Tensor, elbo_ref: torch.Tensor, beta: float) -> LossOut:
+    """The d1/FPO release's reference term beta * mean(ELBO_new - ELBO_ref).
+
+    It is linear in ELBO_new, so its gradient +beta * grad ELBO pushes the bound *down*; with the
+    release's beta = 0.04 it partly cancels DiPOD's -0.05 * ELBO. Kept for faithful comparisons.
+    """
+    diff = (elbo_new - elbo_ref.detach()).mean()
+    return LossOut(loss=beta * diff, stats={"kl_ref": diff.detach()})
+
+
+def k3_kl(token_logp_new: torch.Tensor, token_logp_ref: torch.Tensor, valid: torch.Tensor, beta: float) -> LossOut:
+    """beta * k3 KL estimate exp(r) - r - 1, r = log p_ref - log p_new, per valid token (Schulman's k3).
+
+    Args:
+        token_logp_new, token_logp_ref: (B, L). valid: (B, L) bool.
+    """
+    r = token_logp_ref.detach() - token_logp_new
+    per_token = r.exp() - r - 1.0  # (B, L), >= 0
+    weights = valid.float()
+    kl = ((per_token * weights).sum(-1) / weights.sum(-1).clamp(min=1)).mean()
+    return LossOut(loss=beta * kl, stats={"kl_ref": kl.detach()})
