@@ -83,7 +83,8 @@ class SamplerConfig(BaseModel):
     def _consistent(self) -> SamplerConfig:
         if self.gen_length % self.block_length:
             raise ValueError(
-                f"sampler.gen_length = {self.gen_length} is not a multiple of sampler.block_length = {self.block_length}"
+                f"sampler.gen_length = {self.gen_length} is not a multiple of "
+                f"sampler.block_length = {self.block_length}"
             )
         blocks = self.gen_length // self.block_length
         if self.remasking != "threshold" and self.steps % blocks:

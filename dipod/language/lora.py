@@ -16,9 +16,7 @@ import torch
 from torch import nn
 
 
-def apply_lora(
-    model: nn.Module, *, r: int, alpha: float, dropout: float, target_modules: Sequence[str]
-) -> nn.Module:
+def apply_lora(model: nn.Module, *, r: int, alpha: float, dropout: float, target_modules: Sequence[str]) -> nn.Module:
     """Inject LoRA adapters into ``model`` in place and freeze every other weight.
 
     Works for any module tree (the tiny model, HF models): peft wraps the matching ``nn.Linear``

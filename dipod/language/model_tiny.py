@@ -141,7 +141,7 @@ class TinyMaskedLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (N, T, V) for input_ids (N, T) long; attention_mask (N, T) bool hides padding keys."""
-        n, t = input_ids.shape
+        t = input_ids.shape[1]
         if t > self.config.max_seq_len:
             raise ValueError(f"sequence length {t} exceeds max_seq_len = {self.config.max_seq_len}")
         key_mask = None
@@ -150,7 +150,8 @@ class TinyMaskedLM(nn.Module):
             keys = attention_mask.bool()
             # Positions count real tokens only, so left padding does not shift them (same logits padded or not).
             pos = (keys.long().cumsum(-1) - 1).clamp(min=0)  # (N, T)
-            keys = keys | ~keys.any(-1, keepdim=True)  # an all-padding row attends everywhere instead of to nothing (NaN)
+            # An all-padding row attends everywhere instead of to nothing (which would give NaN).
+            keys = keys | ~keys.any(-1, keepdim=True)
             key_mask = keys[:, None, None, :]  # (N, 1, 1, T) broadcast over heads and queries
         x = self.drop(self.wte(input_ids) + self.wpe(pos))  # (N, T, C)
         for block in self.blocks:

@@ -3,7 +3,7 @@
 A completion of ``gen_length`` tokens starts fully masked after the prompt and is decoded block by
 block, left to right (semi-autoregressive blocks of ``block_length``). Inside the current block each
 step runs the model once on the whole sequence, proposes a token for every masked position
-(argmax, or Gumbel-max at a temperature) and unmasks some of them:
+(argmax, or Gumbel-max at a temperature, never the mask token itself) and unmasks some of them:
 
 - ``low_confidence`` (LLaDA): the k most confident proposals, k from a linear schedule
   (``num_transfer_tokens``), where confidence is the model's probability of the proposed token;
@@ -173,10 +173,18 @@ def generate(
         generator: source of the Gumbel noise and of random remasking; None only for greedy decoding.
     """
     _check_args(
-        prompt_ids, attention_mask, gen_length=gen_length, block_length=block_length, steps=steps,
-        remasking=remasking, temperature=temperature, threshold=threshold, stop_at_eos=stop_at_eos,
-        eos_id=eos_id, generator=generator,
-    )  # fmt: skip
+        prompt_ids,
+        attention_mask,
+        gen_length=gen_length,
+        block_length=block_length,
+        steps=steps,
+        remasking=remasking,
+        temperature=temperature,
+        threshold=threshold,
+        stop_at_eos=stop_at_eos,
+        eos_id=eos_id,
+        generator=generator,
+    )
     batch, prompt_length = prompt_ids.shape
     device = prompt_ids.device
     completion = torch.full((batch, gen_length), mask_id, dtype=torch.long, device=device)
@@ -205,13 +213,15 @@ def generate(
                     continue  # nothing to unmask at this step: skip the forward pass
             elif not bool(block_masked.any()):
                 break
-            logits = model(x, attn)[:, lo:hi]  # (B, Lb, V)
+            logits = model(x, attn)[:, lo:hi].float()  # (B, Lb, V)
             nfe += 1
+            # A decoded token is never the mask token (an untrained model may well prefer it).
+            logits[..., mask_id] = -torch.inf
             proposal = gumbel_argmax(logits, temperature=temperature, generator=generator)  # (B, Lb)
             if remasking == "random":
                 confidence = torch.rand(block_masked.shape, generator=generator, device=device)
             else:
-                probs = torch.softmax(logits.float(), dim=-1)
+                probs = torch.softmax(logits, dim=-1)
                 confidence = probs.gather(-1, proposal[..., None]).squeeze(-1)  # (B, Lb) p(proposed token)
             confidence = confidence.masked_fill(~block_masked, -torch.inf)
             if schedule is not None:

@@ -112,7 +112,9 @@ class CharTokenizer:
         self, texts: Sequence[str], *, padding_side: PaddingSide = "left", add_eos: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T) ids and (B, T) bool attention mask of ``texts``, padded with [PAD]."""
-        return pad_batch([self.encode(t, add_eos=add_eos) for t in texts], pad_id=self.pad_token_id, padding_side=padding_side)
+        return pad_batch(
+            [self.encode(t, add_eos=add_eos) for t in texts], pad_id=self.pad_token_id, padding_side=padding_side
+        )
 
     def batch_decode(self, ids: torch.Tensor, *, skip_special_tokens: bool = True) -> list[str]:
         """Texts of the rows of a (B, T) id tensor."""
@@ -154,11 +156,15 @@ class HFTokenizer:
     its EOS. A model with none of these cannot be used as a masked diffusion LM, and says so.
     """
 
-    def __init__(self, directory: str | Path, *, trust_remote_code: bool = False, mask_token: str | None = None) -> None:
+    def __init__(
+        self, directory: str | Path, *, trust_remote_code: bool = False, mask_token: str | None = None
+    ) -> None:
         from transformers import AutoTokenizer
 
         self.directory = str(directory)
-        self.hf = AutoTokenizer.from_pretrained(self.directory, trust_remote_code=trust_remote_code, local_files_only=True)
+        self.hf = AutoTokenizer.from_pretrained(
+            self.directory, trust_remote_code=trust_remote_code, local_files_only=True
+        )
         mask_id = _config_mask_id(directory)
         if mask_id is None and mask_token is not None:
             mask_id = self.hf.convert_tokens_to_ids(mask_token)
@@ -195,7 +201,9 @@ class HFTokenizer:
         self, texts: Sequence[str], *, padding_side: PaddingSide = "left", add_eos: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T) ids and (B, T) bool attention mask, padded with the pad id."""
-        return pad_batch([self.encode(t, add_eos=add_eos) for t in texts], pad_id=self.pad_token_id, padding_side=padding_side)
+        return pad_batch(
+            [self.encode(t, add_eos=add_eos) for t in texts], pad_id=self.pad_token_id, padding_side=padding_side
+        )
 
     def batch_decode(self, ids: torch.Tensor, *, skip_special_tokens: bool = True) -> list[str]:
         """Texts of the rows of a (B, T) id tensor."""

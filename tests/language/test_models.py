@@ -29,7 +29,7 @@ from dipod.language.tokenizer import CharTokenizer
 
 CHARS = list("0123456789abcdef")
 
-CONFIGURATION_SRC = '''
+CONFIGURATION_SRC = """
 from transformers import PretrainedConfig
 
 
@@ -42,9 +42,9 @@ class TinyLladaConfig(PretrainedConfig):
         self.n_heads = n_heads
         self.mask_token_id = mask_token_id
         super().__init__(**kwargs)
-'''
+"""
 
-MODELING_SRC = '''
+MODELING_SRC = """
 import torch
 from torch import nn
 from transformers import PreTrainedModel
@@ -75,7 +75,7 @@ class TinyLladaModel(PreTrainedModel):
         pad = None if attention_mask is None else attention_mask == 0
         h = h + self.attn(h, h, h, key_padding_mask=pad, need_weights=False)[0]  # no causal mask
         return CausalLMOutputWithPast(logits=self.ff_out(h))
-'''
+"""
 
 
 def write_bert(directory: Path) -> Path:
@@ -102,7 +102,7 @@ def write_bert(directory: Path) -> Path:
 
 def write_remote_code_model(directory: Path) -> Path:
     """The custom-code LLaDA-like model + a tokenizer whose mask token is known only to the config."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -110,13 +110,18 @@ def write_remote_code_model(directory: Path) -> Path:
     vocab = {tok: i for i, tok in enumerate(vocab_tokens)}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>")
+    backend.decoder = decoders.Fuse()  # one character per token: decode without separators
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>"
+    )
     tokenizer.save_pretrained(directory)
 
     (directory / "configuration_tiny_llada.py").write_text(CONFIGURATION_SRC)
     (directory / "modeling_tiny_llada.py").write_text(MODELING_SRC)
     package = "tiny_llada_src_" + str(abs(hash(str(directory))))
-    spec = importlib.util.spec_from_file_location(package, directory / "__init__.py", submodule_search_locations=[str(directory)])
+    spec = importlib.util.spec_from_file_location(
+        package, directory / "__init__.py", submodule_search_locations=[str(directory)]
+    )
     (directory / "__init__.py").write_text("")
     module = importlib.util.module_from_spec(spec)
     sys.modules[package] = module
@@ -137,7 +142,6 @@ def write_remote_code_model(directory: Path) -> Path:
     saved = json.loads((directory / "config.json").read_text())
     assert saved["auto_map"]["AutoModel"].endswith("TinyLladaModel"), saved
     return directory
-
 
 
 # --------------------------------------------------------------------------- tiny model
@@ -224,9 +228,16 @@ def test_bert_masked_lm_through_automodelformaskedlm(tmp_path):
     logits = model(ids, attn)
     assert logits.shape == (2, ids.shape[1], model.vocab_size)
     out = generate(
-        model, ids, attention_mask=attn, mask_id=model.mask_token_id, eos_id=model.eos_token_id,
-        gen_length=4, block_length=2, steps=4, generator=None,
-    )  # fmt: skip
+        model,
+        ids,
+        attention_mask=attn,
+        mask_id=model.mask_token_id,
+        eos_id=model.eos_token_id,
+        gen_length=4,
+        block_length=2,
+        steps=4,
+        generator=None,
+    )
     assert out.nfe == 4 and not (out.completion == model.mask_token_id).any()
 
 
@@ -246,14 +257,21 @@ def test_remote_code_model_reads_mask_id_from_config_and_is_bidirectional(tmp_pa
     changed[0, -1] = tok.encode("f")[0]
     assert not torch.allclose(model(ids)[0, 0], model(changed)[0, 0])
     out = generate(
-        model, ids, mask_id=model.mask_token_id, eos_id=model.eos_token_id, gen_length=4, block_length=4,
-        steps=2, temperature=1.0, generator=torch.Generator().manual_seed(0),
-    )  # fmt: skip
+        model,
+        ids,
+        mask_id=model.mask_token_id,
+        eos_id=model.eos_token_id,
+        gen_length=4,
+        block_length=4,
+        steps=2,
+        temperature=1.0,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert out.nfe == 2 and torch.equal(out.tokens[:, :6], ids)
 
 
 def test_missing_path_and_missing_mask_token_fail_clearly(tmp_path):
-    with pytest.raises(ValueError, match="model.path"):
+    with pytest.raises(ValueError, match=r"model\.path"):
         ModelConfig(kind="hf")
     path = write_remote_code_model(tmp_path / "llada")
     cfg_json = json.loads((path / "config.json").read_text())
@@ -286,7 +304,9 @@ def test_lora_step_changes_only_adapter_weights_and_disabled_adapter_is_the_base
     _one_step(model, ids)
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed, "nothing changed"
-    assert changed <= set(adapter_parameters(model)), f"non-adapter weights changed: {changed - set(adapter_parameters(model))}"
+    assert changed <= set(adapter_parameters(model)), (
+        f"non-adapter weights changed: {changed - set(adapter_parameters(model))}"
+    )
     assert any("lora_B" in n for n in changed)
 
     assert not torch.allclose(model(ids), base_logits)
@@ -315,9 +335,8 @@ def test_full_finetuning_reference_is_a_frozen_copy():
     ids = torch.tensor([tok.encode("9+9=18")])
     ref_model = frozen_copy(model)
     base_logits = model(ids).detach()
-    with pytest.raises(ValueError, match="frozen"):
-        with reference_mode(model):
-            pass
+    with pytest.raises(ValueError, match="frozen"), reference_mode(model):
+        pass
     _one_step(model, ids)
     assert not torch.allclose(model(ids), base_logits)
     with reference_mode(model, frozen=ref_model) as ref:
