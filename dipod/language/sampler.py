@@ -70,18 +70,17 @@ def num_transfer_tokens(block_masked: torch.Tensor, steps: int) -> torch.Tensor:
 def gumbel_argmax(logits: torch.Tensor, *, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
     """Sample argmax(logits / temperature + Gumbel noise), i.e. from softmax(logits / temperature).
 
+    Gumbel noise is -log E with E ~ Exp(1) (E = -log u), so this is argmax(logits / T - log E).
     The noise is float64: with low-precision noise, Gumbel-max sampling is biased towards the
-    top tokens (the rounding of -log(-log u) near u = 1 matters, arXiv:2409.02908).
-    Temperature 0 is the plain argmax.
+    top tokens (arXiv:2409.02908, as LLaDA notes). Temperature 0 is the plain argmax.
 
     Args:
         logits: (..., V). Returns (...) long.
     """
     if temperature == 0:
         return logits.argmax(-1)
-    u = torch.rand(logits.shape, dtype=torch.float64, generator=generator, device=logits.device)
-    gumbel = -torch.log(-torch.log(u.clamp(min=torch.finfo(torch.float64).tiny)))
-    return (logits.double() / temperature + gumbel).argmax(-1)
+    exp_noise = torch.empty(logits.shape, dtype=torch.float64, device=logits.device).exponential_(generator=generator)
+    return (logits.double() / temperature - exp_noise.log()).argmax(-1)
 
 
 def top_k_mask(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
