@@ -91,6 +91,7 @@ class SamplerConfig(BaseModel):
             raise ValueError(f"sampler.steps = {self.steps} is not a multiple of the number of blocks ({blocks})")
         return self
 
+
 class DataConfig(BaseModel):
     """Where a language run's prompts come from and in which format they are shown."""
 

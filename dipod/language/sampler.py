@@ -43,6 +43,9 @@ class SampleOut:
     """P: the completion is ``tokens[:, P:]``."""
     nfe: int
     """Number of function evaluations: batched forward passes of the model."""
+    row_nfe: torch.Tensor
+    """(B,) long: the forward passes each row needed, i.e. those in which it still had masked tokens in the
+    current block and had not finished at an EOS; what ``nfe`` would be if the row were decoded alone."""
 
     @property
     def completion(self) -> torch.Tensor:
@@ -194,6 +197,8 @@ def generate(
     num_blocks = gen_length // block_length
     steps_per_block = None if remasking == "threshold" else steps // num_blocks
     nfe = 0
+    row_nfe = torch.zeros(batch, dtype=torch.long, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
     for block in range(num_blocks):
         lo = prompt_length + block * block_length
         hi = lo + block_length
@@ -214,6 +219,7 @@ def generate(
                 break
             logits = model(x, attn)[:, lo:hi].float()  # (B, Lb, V)
             nfe += 1
+            row_nfe += (block_masked.any(-1) & ~finished).long()
             # A decoded token is never the mask token (an untrained model may well prefer it).
             logits[..., mask_id] = -torch.inf
             proposal = gumbel_argmax(logits, temperature=temperature, generator=generator)  # (B, Lb)
@@ -230,10 +236,12 @@ def generate(
                 transfer = (confidence >= threshold) | most_confident
             transfer &= block_masked  # (B, Lb)
             x[:, lo:hi] = torch.where(transfer, proposal, x[:, lo:hi])
-            if stop_at_eos and bool(rows_finished(x[:, prompt_length:], mask_id=mask_id, eos_id=eos_id).all()):
-                x[:, prompt_length:] = x[:, prompt_length:].masked_fill(x[:, prompt_length:] == mask_id, eos_id)
-                return SampleOut(tokens=x, prompt_length=prompt_length, nfe=nfe)
-    return SampleOut(tokens=x, prompt_length=prompt_length, nfe=nfe)
+            if stop_at_eos:
+                finished = rows_finished(x[:, prompt_length:], mask_id=mask_id, eos_id=eos_id)
+                if bool(finished.all()):
+                    x[:, prompt_length:] = x[:, prompt_length:].masked_fill(x[:, prompt_length:] == mask_id, eos_id)
+                    return SampleOut(tokens=x, prompt_length=prompt_length, nfe=nfe, row_nfe=row_nfe)
+    return SampleOut(tokens=x, prompt_length=prompt_length, nfe=nfe, row_nfe=row_nfe)
 
 
 def sample(
