@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from language_helpers import tiny_config
 
 from dipod.config import RunConfig
+from tests.language.language_helpers import tiny_config
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
-from language_helpers import TINY, merge
 
 from dipod.config import validate_config
 from dipod.language.trainer import LanguageTrainer, RolloutBatch
+from tests.language.language_helpers import TINY, merge
 
 CFG = merge(TINY, {"language": {"prompts_per_step": 4, "group_size": 4, "num_iterations": 2, "micro_batch_size": 4}})
 
@@ -40,7 +40,9 @@ def _update(trainer: LanguageTrainer, batch: RolloutBatch) -> tuple[dict, dict]:
 
     def capturing_step(*args, **kwargs):
         if not grads:
-            grads.update({n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None})
+            grads.update(
+                {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+            )
         return step(*args, **kwargs)
 
     trainer.optimizer.step = capturing_step

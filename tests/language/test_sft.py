@@ -6,11 +6,11 @@ import math
 from pathlib import Path
 
 import torch
-from dipod.language.models import build_model
-from language_helpers import tiny_config
 
+from dipod.language.models import build_model
 from dipod.language.sft import masked_diffusion_loss, sft_tensors, train_sft
 from dipod.language.tasks import get_task
+from tests.language.language_helpers import tiny_config
 
 
 class Uniform(torch.nn.Module):

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from language_helpers import tiny_config
 
 from dipod.config import ConfigError, load_config
 from dipod.language.trainer import LanguageTrainer
+from tests.language.language_helpers import tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DESIGN_KEYS = {
