@@ -113,7 +113,9 @@ def decode_and_score(
         out = sample(model, prompt_ids, sampler, attention_mask=prompt_attn, generator=generator)
     completion_ids = out.completion.clone()  # a normal tensor: inference tensors cannot enter autograd later
     valid = completion_valid_mask(completion_ids, tokenizer.eos_token_id)
-    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    before_eos = completion_valid_mask(completion_ids, tokenizer.eos_token_id, include_eos=False)
+    # The text ends at the first EOS: what follows is filler, and must not shift positional answers.
+    texts = tokenizer.batch_decode(completion_ids.masked_fill(~before_eos, tokenizer.eos_token_id))
     rewards, accuracy = task.score(texts, examples, fmt)
     return Decoded(completion_ids, valid, texts, rewards, accuracy, out.nfe)
 
