@@ -162,6 +162,10 @@ class LanguageConfig(BaseModel):
     """Training and evaluation examples."""
     sft: SFTConfig = Field(default_factory=SFTConfig)
     """Supervised pre-training (``dipod sft``)."""
+    normalize_advantages: bool = False
+    """Divide group advantages by the group's reward std (GRPO). The release does not (d1, SPG); the tiny
+    configs do, so that DiPOD's beta = 0.05 weighs against advantages of unit scale, as it does against
+    GSM8K's 0-4.5 rewards, rather than against Sudoku's 0-1 fractions."""
     micro_batch_size: int | None = Field(None, ge=1)
     """Completions per forward/backward pass (gradient accumulation); None: all of a process's batch."""
     elbo_scheme: Literal["count", "round", "bernoulli", "d1"] = "count"

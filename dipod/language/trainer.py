@@ -157,7 +157,7 @@ class LanguageTrainer:
             prompt_attn=prompt_attn,
             completion_ids=out.completion_ids,
             valid=out.valid,
-            adv=group_advantages(rewards, group),
+            adv=group_advantages(rewards, group, normalize_std=lang.normalize_advantages),
             draws=self._draw(out.valid, prompt_attn),
         )
         if self.objective.draws == "one_step" and self.cfg.objective.dipod_beta > 0:
