@@ -6,6 +6,7 @@ Observations reaching these modules are already normalised; the trainer owns the
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -24,7 +25,7 @@ def mlp(
     The init draws from ``generator`` so a run's weights depend on its seed only, not on global RNG state.
     """
     layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         linear = nn.Linear(n_in, n_out)
         last = i == len(sizes) - 2
         nn.init.orthogonal_(linear.weight, gain=out_gain if last else math.sqrt(2), generator=generator)
