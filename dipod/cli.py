@@ -1,5 +1,6 @@
 """The ``dipod`` command: train, sft, eval, report, demo (DESIGN §4).
 
+Heavy imports (torch, the trainers) happen inside the commands, so ``--help`` answers at once.
 Config problems (unknown keys, wrong types, bad values, a run directory that cannot be used) print
 one message and exit with status 2 before any work starts.
 """
@@ -11,8 +12,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from dipod.config import ConfigError, apply_overrides, load_config, validate_config
 
 app = typer.Typer(
     add_completion=False,
@@ -55,6 +54,7 @@ def train(
 ) -> None:
     """Train a policy: writes config.yaml, metrics.jsonl, summary.json, checkpoints/ and tb/ into the run dir."""
     from dipod import trainers
+    from dipod.config import ConfigError, load_config
     from dipod.runs import BadStepsError, CheckpointError, run_training
     from dipod.runs.loop import RunDirError
 
@@ -84,6 +84,8 @@ def sft(
     quiet: QuietOption = False,
 ) -> None:
     """Supervised pre-training of a base policy (language) on the task's reference solutions."""
+    from dipod.config import ConfigError, load_config
+
     try:
         cfg = load_config(config, set_ or [])
     except ConfigError as exc:
@@ -121,6 +123,7 @@ def eval_(
 ) -> None:
     """Evaluate a checkpoint (accuracy / return, reward, effective tokens, NFE) and write the metrics as JSON."""
     from dipod import trainers
+    from dipod.config import ConfigError, apply_overrides, validate_config
     from dipod.runs.checkpoint import CheckpointError, load_checkpoint
     from dipod.runs.rng import set_global_rng_state
 
@@ -185,6 +188,7 @@ def demo(
     quiet: QuietOption = False,
 ) -> None:
     """CPU end-to-end comparison: FPO vs FPO + DiPOD on 4x4 Sudoku and FPO++ vs FPO++ + DiPOD on control."""
+    from dipod.config import ConfigError
     from dipod.demo import BUDGETS, run_demo
 
     if budget not in BUDGETS:

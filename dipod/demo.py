@@ -58,8 +58,8 @@ def demo_configs(budget: str, domains: tuple[str, ...] = ("language", "control")
                 for seed in plan.seeds:
                     variant = "dipod" if beta else "baseline"
                     name = f"{domain}-{variant}-seed{seed}"
-                    overrides = [*plan.overrides[domain], f"objective.dipod_beta={beta}", f"seed={seed}", f"name={name}"]
-                    runs.append((name, load_config(path, overrides)))
+                    extra = [f"objective.dipod_beta={beta}", f"seed={seed}", f"name={name}"]
+                    runs.append((name, load_config(path, [*plan.overrides[domain], *extra])))
     return runs
 
 
