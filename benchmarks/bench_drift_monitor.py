@@ -19,12 +19,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_dipod_overhead import VOCAB, TinyMaskedLM  # noqa: E402
+from bench_dipod_overhead import VOCAB, TinyMaskedLM
 
-from dipod.bounds.masked import draw_masks, masked_token_logprobs  # noqa: E402
-from dipod.config import DriftConfig, ObjectiveConfig  # noqa: E402
-from dipod.diagnostics.drift import DEFAULT_EVERY, language_drift_probe  # noqa: E402
-from dipod.objectives import MaskedScores, dipod_term, get_objective  # noqa: E402
+from dipod.bounds.masked import draw_masks, masked_token_logprobs
+from dipod.config import DriftConfig, ObjectiveConfig
+from dipod.diagnostics.drift import DEFAULT_EVERY, language_drift_probe
+from dipod.objectives import MaskedScores, dipod_term, get_objective
 
 P, L, GROUP, PROMPTS, K, MU = 16, 16, 6, 4, 4, 4
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from two_token import RESULTS, curves, plot, run_seeds, summary, table  # noqa: E402
+from two_token import RESULTS, curves, plot, run_seeds, summary, table
 
-from dipod.diagnostics.adaptive_beta import AdaptiveBetaConfig, adapt_beta  # noqa: E402
-from dipod.diagnostics.toy import ToyConfig  # noqa: E402
+from dipod.diagnostics.adaptive_beta import AdaptiveBetaConfig, adapt_beta
+from dipod.diagnostics.toy import ToyConfig
 
 FIXED = (0.0, 0.01, 0.05, 0.2)
 
