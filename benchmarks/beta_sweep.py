@@ -44,17 +44,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--budget", type=float, default=0.01, help="adaptive rule's gap budget (nats)")
     parser.add_argument("--every", type=int, default=10, help="adaptive rule's monitor interval (steps)")
+    parser.add_argument("--lr", type=float, default=0.02)
+    parser.add_argument("--noisy", action="store_true", help="Bernoulli rewards")
     args = parser.parse_args()
     seeds = list(range(2 if args.quick else args.seeds))
     steps = 60 if args.quick else args.steps
     start = time.perf_counter()
     results = {}
     for beta in FIXED:
-        base = ToyConfig(objective=args.objective, beta=beta, steps=steps)
+        base = ToyConfig(objective=args.objective, beta=beta, steps=steps, lr=args.lr, noisy=args.noisy)
         runs = run_seeds(base, seeds)
         results[f"beta={beta}"] = {"config": base.__dict__, "curves": curves(runs), "summary": summary(runs)}
     rule = AdaptiveBetaConfig(budget=args.budget, factor=2.0, beta_min=0.005, beta_max=0.4)
-    base = ToyConfig(objective=args.objective, beta=0.05, steps=steps)
+    base = ToyConfig(objective=args.objective, beta=0.05, steps=steps, lr=args.lr, noisy=args.noisy)
     runs = run_seeds(base, seeds, beta_fn=lambda: adaptive(args.every, rule))
     label = f"adaptive (budget {args.budget}, every {args.every})"
     results[label] = {
@@ -67,7 +69,7 @@ def main() -> None:
     best = max(
         fixed, key=lambda k: (round(fixed[k]["summary"]["final_reward"][0], 3), -fixed[k]["summary"]["mean_gap"][0])
     )
-    name = f"beta_sweep_{args.objective}"
+    name = f"beta_sweep_{args.objective}{'_noisy' if args.noisy else ''}"
     plot(results, RESULTS / f"{name}.png", f"DiPOD weight on the two-token toy ({args.objective}), {len(seeds)} seeds")
     mean_beta = [sum(r["beta"] for r in run) / len(run) for run in runs]
     payload = {

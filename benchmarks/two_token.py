@@ -4,7 +4,7 @@ Claim under test (the paper's toy figure): the on-policy gap grows most under FP
 least with DiPOD. Everything plotted is an exact expectation under the policy (no estimator noise);
 the spread is over training seeds.
 
-    PYTHONPATH=. python benchmarks/two_token.py            # 5 seeds x 300 steps, both reward settings
+    PYTHONPATH=. python benchmarks/two_token.py            # 5 seeds x 300 steps, Adam lr 0.02, both reward settings
     PYTHONPATH=. python benchmarks/two_token.py --quick    # 2 seeds x 60 steps
 
 Writes benchmarks/results/two_token[_noisy].{json,png} and prints a markdown table.
@@ -31,7 +31,10 @@ CURVES = ("reward", "gap", "gap_max", "grad_cosine", "beta")
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample std (0 for one value)."""
+    """Mean and sample std (0 for one value) of the finite values; NaN when there are none."""
+    values = [v for v in values if math.isfinite(v)]
+    if not values:
+        return math.nan, math.nan
     m = sum(values) / len(values)
     if len(values) < 2:
         return m, 0.0
@@ -68,7 +71,7 @@ def summary(runs: list[list[dict]]) -> dict[str, list[float]]:
         "final_gap_max": [run[-1]["gap_max"] for run in runs],
         "mean_grad_cosine": [
             sum(c) / max(1, len(c))
-            for c in ([r["grad_cosine"] for r in run if r["grad_cosine"] != 0.0] for run in runs)
+            for c in ([r["grad_cosine"] for r in run if math.isfinite(r["grad_cosine"])] for run in runs)
         ],
     }
     return {k: [*mean_std(v)] for k, v in per_seed.items()}
@@ -122,19 +125,24 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--lr", type=float, default=0.02)
+    parser.add_argument("--tag", default="", help="suffix of the output files")
     args = parser.parse_args()
     seeds = list(range(2 if args.quick else args.seeds))
     steps = 60 if args.quick else args.steps
     RESULTS.mkdir(parents=True, exist_ok=True)
     for noisy in (False, True):
-        name = "two_token_noisy" if noisy else "two_token"
+        name = ("two_token_noisy" if noisy else "two_token") + args.tag
         results = {}
         start = time.perf_counter()
         for label, (objective, beta) in METHODS.items():
-            base = ToyConfig(objective=objective, beta=beta, steps=steps, noisy=noisy)
+            base = ToyConfig(objective=objective, beta=beta, steps=steps, noisy=noisy, lr=args.lr)
             runs = run_seeds(base, seeds)
             results[label] = {"config": base.__dict__, "curves": curves(runs), "summary": summary(runs)}
-        title = f"two-token toy, V=4, reward 1[x1 = x2]{' (Bernoulli)' if noisy else ''}, {len(seeds)} seeds"
+        title = (
+            f"two-token toy, V=4, reward 1[x1 = x2]{' (Bernoulli)' if noisy else ''}, Adam lr {args.lr}, "
+            f"{len(seeds)} seeds, mean ± std"
+        )
         plot(results, RESULTS / f"{name}.png", title)
         payload = {
             "name": name,

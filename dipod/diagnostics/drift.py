@@ -72,11 +72,15 @@ def flat_grad(loss: torch.Tensor, params: Sequence[torch.Tensor], *, retain_grap
     )
 
 
-def cosine(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> float:
-    """Cosine similarity of two flat vectors; 0 when either is (numerically) zero."""
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cosine similarity of two flat vectors (in float64); NaN when either is exactly zero (undefined).
+
+    A zero gradient happens when every advantage in the batch is zero; tiny but non-zero gradients (a
+    nearly deterministic policy) still have a well-defined direction, so there is no magnitude cut-off.
+    """
     a64, b64 = a.double(), b.double()
     denom = a64.norm() * b64.norm()
-    return float((a64 @ b64) / denom) if float(denom) > eps else 0.0
+    return float((a64 @ b64) / denom) if float(denom) > 0 else math.nan
 
 
 def grad_cosine(loss_a: torch.Tensor, loss_b: torch.Tensor, params: Iterable[torch.Tensor]) -> float:

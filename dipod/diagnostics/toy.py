@@ -239,7 +239,8 @@ def train_toy(cfg: ToyConfig, *, beta_fn: Any = None) -> list[dict[str, float]]:
         adv = group_advantages(draw_rewards(rewards, completions, noisy=cfg.noisy, generator=generator), cfg.batch)
         old = scores(model, completions)
         old = MaskedScores(old.token_logp.detach(), old.draws, old.valid)
-        # Gradient cosine at the rollout point: the proxy PG loss (rho = 1) vs -mean(A log pi).
+        # Gradient cosine at the rollout point: the proxy PG loss (rho = 1) vs -mean(A log pi);
+        # NaN when every advantage is zero (no gradient, no direction).
         row["grad_cosine"] = grad_cosine(
             objective.fn(scores(model, completions), old, adv, settings).loss,
             true_pg_loss(loglik(model, completions), adv),

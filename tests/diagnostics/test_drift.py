@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -55,6 +56,9 @@ def test_grad_cosine_extremes() -> None:
     loss = (w**2).sum() + v.sum()
     assert grad_cosine(loss, -loss, [w, v]) == pytest.approx(-1.0, abs=1e-9)
     assert grad_cosine(w.sum(), v.sum(), [w, v]) == pytest.approx(0.0, abs=1e-12)
+    assert math.isnan(grad_cosine(w.sum(), 0.0 * v.sum(), [w, v]))  # a zero gradient has no direction
+    tiny = 1e-9 * (w**2).sum()
+    assert grad_cosine(tiny, 1e-9 * tiny, [w, v]) == pytest.approx(1.0)  # tiny gradients keep their direction
     assert w.grad is None and v.grad is None  # the probe never writes .grad
 
 
