@@ -221,6 +221,49 @@ def language_drift_probe(
     }
 
 
+def language_trainer_drift_probe(trainer: Any, generator: torch.Generator, np_rng: Any) -> dict[str, float]:
+    """``language_drift_probe`` on fresh completions of a ``LanguageTrainer``'s current policy.
+
+    Samples ``ceil(drift.probe_size / G)`` prompts with ``np_rng`` and G completions each with the
+    trainer's sampler and ``generator``, scores them with the task's reward, and takes group
+    advantages, exactly as a rollout does, but from the probe's own random streams, so the
+    training trajectory is the same whether or not the monitor runs. The trainer should own both
+    streams and keep them in its ``state_dict`` (bit-for-bit resume).
+    """
+    from dipod.advantages import group_advantages
+    from dipod.language.rollout import decode_and_score, encode_prompts
+
+    cfg, lang = trainer.cfg, trainer.cfg.language
+    group, fmt = lang.group_size, lang.data.prompt_format
+    examples = trainer.source.draw(math.ceil(cfg.drift.probe_size / group), np_rng)
+    rows = [ex for ex in examples for _ in range(group)]  # G contiguous copies per prompt
+    prompt_ids, prompt_attn = encode_prompts(
+        trainer.tokenizer, [trainer.task.prompt(ex, fmt) for ex in rows], trainer.device
+    )
+    out = decode_and_score(
+        trainer.model, trainer.tokenizer, trainer.task, rows, prompt_ids, prompt_attn, lang.sampler, fmt, generator
+    )
+    rewards = torch.as_tensor(out.rewards, dtype=torch.float32, device=trainer.device)
+    attention = torch.cat([prompt_attn, torch.ones_like(out.valid)], dim=1)  # (B, P + L)
+    metrics = language_drift_probe(
+        trainer.model,
+        trainer.params,
+        prompt_ids,
+        out.completion_ids,
+        out.valid,
+        group_advantages(rewards, group),
+        cfg.objective,
+        mask_id=trainer.tokenizer.mask_token_id,
+        num_draws=lang.elbo_draws,
+        num_orders=cfg.drift.num_orders,
+        generator=generator,
+        attention_mask=attention,
+        block_length=lang.spg_block_length,
+    )
+    metrics["drift/reward_mean"] = float(rewards.mean())
+    return metrics
+
+
 # --------------------------------------------------------------------------- control
 
 
