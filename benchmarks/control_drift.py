@@ -9,7 +9,7 @@ return comparison without being re-run.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 nohup python benchmarks/control_drift.py \
         --configs configs/control/pendulum_fpo_pp_selfdistill.yaml --seeds 0 1 2 > control_drift.log 2>&1 &
-    PYTHONPATH=. python benchmarks/control_drift.py --summarise-only --external ../wt-control/benchmarks/results/pendulum_runs
+    PYTHONPATH=. python benchmarks/control_drift.py --summarise-only --external DIR_OF_PENDULUM_RUNS
 
 Writes benchmarks/results/control_drift.{json,png}.
 """
@@ -148,7 +148,8 @@ def table(summary: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", nargs="*", default=[str(ROOT / "configs/control/pendulum_fpo_pp_selfdistill.yaml")])
+    default_config = str(ROOT / "configs/control/pendulum_fpo_pp_selfdistill.yaml")
+    parser.add_argument("--configs", nargs="*", default=[default_config])
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--env-steps", type=int, default=300_000)
     parser.add_argument("--every", type=int, default=10, help="drift probe interval (steps)")
