@@ -213,12 +213,16 @@ def masked_inputs(prompt_ids: torch.Tensor, completion_ids: torch.Tensor, draws:
 
 
 def token_logprobs_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[targets] in float32 without materialising the full (.., V) log-softmax.
+    """log softmax(logits)[targets] without materialising the full (..., V) log-softmax.
+
+    Half-precision logits are upcast to float32 first: log-sum-exp over a large vocabulary in bf16
+    loses the small differences the ratio depends on.
 
     Args:
-        logits: (..., V). targets: (...) long. Returns (...) float32.
+        logits: (..., V). targets: (...) long. Returns (...) in float32 or wider.
     """
-    logits = logits.float()
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
     picked = logits.gather(-1, targets[..., None]).squeeze(-1)
     return picked - torch.logsumexp(logits, dim=-1)
 
