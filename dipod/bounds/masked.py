@@ -201,7 +201,9 @@ def draw_block_random_masks(
     return MaskDraws(mask=mask, weight=weight, t=t, prompt_mask=prompt_mask)
 
 
-def masked_inputs(prompt_ids: torch.Tensor, completion_ids: torch.Tensor, draws: MaskDraws, mask_id: int) -> torch.Tensor:
+def masked_inputs(
+    prompt_ids: torch.Tensor, completion_ids: torch.Tensor, draws: MaskDraws, mask_id: int
+) -> torch.Tensor:
     """(B, K, T) noisy sequences: prompt + completion with the drawn positions set to ``mask_id``."""
     batch, num_draws = draws.mask.shape[:2]
     prompt = prompt_ids[:, None, :].expand(batch, num_draws, -1)
@@ -419,4 +421,3 @@ def exact_loglik(
         logits_fn, prompt_ids, completion_ids, valid, orders, mask_id=mask_id, attention_mask=attention_mask
     )
     return order_iw_loglik(loglik)
-

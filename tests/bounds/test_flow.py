@@ -87,8 +87,10 @@ def _affine_sampler(field, obs, steps):
     """a = C z + d for the linear field: d from z = 0, columns of C from unit vectors."""
     with torch.no_grad():
         d = euler_sample(field, obs, torch.zeros(obs.shape[0], A, dtype=obs.dtype), steps)
-        cols = [euler_sample(field, obs, torch.eye(A, dtype=obs.dtype)[i].expand(obs.shape[0], A), steps) - d
-                for i in range(A)]
+        cols = [
+            euler_sample(field, obs, torch.eye(A, dtype=obs.dtype)[i].expand(obs.shape[0], A), steps) - d
+            for i in range(A)
+        ]
     return torch.stack(cols, -1), d  # (B, A, A), (B, A)
 
 

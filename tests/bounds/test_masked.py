@@ -212,7 +212,12 @@ def test_importance_weighted_bound_tightens_with_more_orders():
         for k in (1, 2, 4):
             orders = random_orders(valid.expand(reps, -1), k, generator=_gen(k))  # (reps, K, L)
             ll = any_order_loglik(
-                net, prompt.expand(reps, -1), completion.expand(reps, -1), valid.expand(reps, -1), orders, mask_id=MASK_ID
+                net,
+                prompt.expand(reps, -1),
+                completion.expand(reps, -1),
+                valid.expand(reps, -1),
+                orders,
+                mask_id=MASK_ID,
             )
             means.append(order_iw_loglik(ll).mean())
     assert means[0] < means[1] < means[2] < exact.squeeze()
