@@ -1,19 +1,88 @@
-"""Config section for control runs (flow policies)."""
+"""Config section for control runs (flow policies and the Gaussian PPO baseline)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class ControlConfig(BaseModel):
-    """Environment, policy, rollout and update settings of a control run."""
+    """Environment, policy, rollout and update settings of a control run.
+
+    Derived values (batch size = num_envs * rollout_steps, minibatch size = batch / num_minibatches)
+    are computed by the trainer; ``_check`` rejects combinations that cannot split evenly.
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    # ------------------------------------------------------------------ environment
     env: str = "Pendulum-v1"
+    """gymnasium id (Pendulum-v1, HalfCheetah-v5, Hopper-v5, Walker2d-v5, Ant-v5) or ``bandit``."""
     num_envs: int = Field(8, ge=1)
-    rollout_steps: int = Field(64, ge=1)
+    vector_mode: Literal["sync", "async"] = "sync"
+    """gymnasium vectorisation: sub-envs in this process (sync) or one process each (async)."""
+    reward_scale: float = Field(1.0, gt=0)
+    """Rewards are multiplied by this before GAE (returns are logged unscaled)."""
+    bandit_modes: tuple[float, float] = (-0.7, 0.7)
+    """Bandit: the two reward peaks (action units)."""
+    bandit_width: float = Field(0.1, gt=0)
+    """Bandit: width (std) of each peak."""
+
+    # ------------------------------------------------------------------ policy
+    policy: Literal["flow", "gaussian"] = "flow"
+    """flow: velocity-field policy trained with objective.name; gaussian: PPO on exact log-probs (baseline)."""
+    actor_hidden: tuple[int, ...] = (64, 64)
+    critic_hidden: tuple[int, ...] = (64, 64)
+    activation: Literal["elu", "tanh", "relu", "silu"] = "elu"
+    time_embed_dim: int = Field(8, ge=2)
+    """Sinusoidal embedding size of the flow time tau (even)."""
+    actor_scale: float = Field(1.0, gt=0)
+    """Actions are divided by this before the flow (and sampled flow outputs multiplied by it)."""
+    output_scale: float = Field(1.0, gt=0)
+    """The velocity network's output is multiplied by this (FPO++'s mlp_output_scale)."""
     sampling_steps: int = Field(8, ge=1)
     """Euler steps of the flow sampler."""
     cfm_draws: int = Field(8, ge=1)
     """N (tau, eps) draws per transition."""
+    init_log_std: float = 0.0
+    """Gaussian baseline: initial log standard deviation (state-independent)."""
+    normalize_obs: bool = True
+    """Running (Welford) observation normalisation, updated on every rollout."""
+
+    # ------------------------------------------------------------------ rollout and update
+    rollout_steps: int = Field(64, ge=1)
+    gamma: float = Field(0.99, gt=0, le=1)
+    gae_lambda: float = Field(0.95, ge=0, le=1)
+    update_epochs: int = Field(10, ge=1)
+    num_minibatches: int = Field(4, ge=1)
+    value_coef: float = Field(0.5, ge=0)
+    adv_norm: Literal["minibatch", "batch", "none"] = "minibatch"
+    adv_clamp: float = Field(100.0, gt=0)
+    """Normalised advantages are clamped to +-this (FPO++)."""
+    critic_lr: float | None = Field(None, gt=0)
+    """Critic learning rate; None uses optim.lr."""
+
+    # ------------------------------------------------------------------ self-distillation (before RL)
+    self_distill_iterations: int = Field(0, ge=0)
+    """Iterations of fitting the initial policy's own samples (0 disables the stage)."""
+    self_distill_rollout_steps: int = Field(8, ge=1)
+    self_distill_batch_size: int = Field(1024, ge=1)
+    self_distill_lr: float = Field(3e-4, gt=0)
+    self_distill_draws: int = Field(16, ge=1)
+
+    # ------------------------------------------------------------------ evaluation
+    eval_episodes: int = Field(4, ge=1)
+    """Episodes per evaluation (deterministic flow noise from the eval generator)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> ControlConfig:
+        batch = self.num_envs * self.rollout_steps
+        if batch % self.num_minibatches != 0:
+            raise ValueError(
+                f"control.num_envs * control.rollout_steps = {batch} must be divisible by "
+                f"control.num_minibatches = {self.num_minibatches}"
+            )
+        if self.time_embed_dim % 2 != 0:
+            raise ValueError(f"control.time_embed_dim = {self.time_embed_dim} must be even (sin and cos pairs)")
+        return self

@@ -1,0 +1,209 @@
+"""The ``dipod`` command: train, sft, eval, report, demo (DESIGN §4).
+
+Heavy imports (torch, the trainers) happen inside the commands, so ``--help`` answers at once.
+Config problems (unknown keys, wrong types, bad values, a run directory that cannot be used) print
+one message and exit with status 2 before any work starts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="RL post-training of diffusion policies with DiPOD's on-policy ELBO term.",
+    pretty_exceptions_enable=False,
+)
+
+SetOption = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a config value, e.g. --set objective.dipod_beta=0.05.")
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or tables (for CI and logs).")]
+
+EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _default_out(name: str) -> Path:
+    """runs/NAME, or runs/NAME-2, -3, ... if that already holds something."""
+    base = Path("runs") / name
+    out, n = base, 1
+    while out.exists() and any(out.iterdir()):
+        n += 1
+        out = base.with_name(f"{name}-{n}")
+    return out
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="YAML run config (see configs/).")],
+    set_: SetOption = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/<name>).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --out.")] = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Train a policy: writes config.yaml, metrics.jsonl, summary.json, checkpoints/ and tb/ into the run dir."""
+    from dipod import trainers
+    from dipod.config import ConfigError, load_config
+    from dipod.runs import BadStepsError, CheckpointError, run_training
+    from dipod.runs.loop import RunDirError
+
+    try:
+        cfg = load_config(config, set_ or [])
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_CONFIG) from None
+    if resume and out is None:
+        raise _fail("--resume needs --out DIR (the run directory to continue)", EXIT_CONFIG)
+    out = out or _default_out(cfg.name)
+    try:
+        result = run_training(cfg, out, trainer_factory=trainers.build_trainer, resume=resume, quiet=quiet)
+    except (ConfigError, RunDirError) as exc:
+        raise _fail(str(exc), EXIT_CONFIG) from None
+    except (CheckpointError, BadStepsError) as exc:
+        raise _fail(str(exc), 1) from None
+    if result.status == "interrupted":
+        raise typer.Exit(EXIT_INTERRUPTED)
+    typer.echo(f"run finished: {out} (step {result.step}, final reward {result.summary.get('final_reward')})")
+
+
+@app.command()
+def sft(
+    config: Annotated[Path, typer.Argument(help="YAML run config with a language section.")],
+    set_: SetOption = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output directory (default runs/<name>-sft).")] = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Supervised pre-training of a base policy (language) on the task's reference solutions."""
+    from dipod.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(config, set_ or [])
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_CONFIG) from None
+    if cfg.domain != "language":
+        raise _fail(f"{config}: sft trains language models; this config has domain {cfg.domain!r}", EXIT_CONFIG)
+    try:
+        from dipod.language.sft import run_sft
+    except ImportError as exc:
+        raise _fail(f"supervised training is not available in this installation ({exc})", 1) from None
+    out = out or _default_out(f"{cfg.name}-sft")
+    result = run_sft(cfg, out, quiet=quiet)
+    typer.echo(f"sft finished: {out}" + (f" ({result})" if result else ""))
+
+
+def _resolve_checkpoint(target: Path) -> tuple[Path, Path | None]:
+    """(checkpoint file, run dir or None) for a run directory or a checkpoint path."""
+    from dipod.runs.checkpoint import list_checkpoints
+
+    if target.is_file():
+        run_dir = target.parent.parent if target.parent.name == "checkpoints" else None
+        return target, run_dir
+    found = list_checkpoints(target / "checkpoints")
+    if not found:
+        raise FileNotFoundError(f"{target} is neither a checkpoint file nor a run directory with checkpoints/")
+    return found[-1], target
+
+
+@app.command("eval")
+def eval_(
+    target: Annotated[Path, typer.Argument(help="Run directory (its last checkpoint) or a checkpoint file.")],
+    set_: SetOption = None,
+    out: Annotated[Path | None, typer.Option("--out", help="JSON file for the results.")] = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Evaluate a checkpoint (accuracy / return, reward, effective tokens, NFE) and write the metrics as JSON."""
+    from dipod import trainers
+    from dipod.config import ConfigError, apply_overrides, validate_config
+    from dipod.runs.checkpoint import CheckpointError, load_checkpoint
+    from dipod.runs.rng import set_global_rng_state
+
+    try:
+        path, run_dir = _resolve_checkpoint(target)
+        payload = load_checkpoint(path)
+    except (FileNotFoundError, CheckpointError) as exc:
+        raise _fail(str(exc), 1) from None
+    try:
+        cfg = validate_config(apply_overrides(payload["config"], set_ or []), source=f"checkpoint {path}")
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_CONFIG) from None
+    trainer = trainers.build_trainer(cfg)
+    trainer.load_state_dict(payload["trainer"])
+    set_global_rng_state(payload["rng"])
+    metrics = {"step": trainer.step, "samples": trainer.samples, **trainer.evaluate()}
+    if hasattr(trainer, "close"):
+        trainer.close()
+    if out is None and run_dir is not None:
+        out = run_dir / f"eval_step_{trainer.step:08d}.json"
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"checkpoint": str(path), **metrics}, indent=2) + "\n")
+    if quiet:
+        typer.echo(json.dumps(metrics))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"eval of {path}")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key, value in metrics.items():
+            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+        Console().print(table)
+    if out is not None:
+        typer.echo(f"wrote {out}")
+
+
+@app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories to compare.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for report.md and the PNG plots.")] = Path("report"),
+    quiet: QuietOption = False,
+) -> None:
+    """Plots and a markdown table comparing runs: mean ± std over seeds, grouped by variant."""
+    from dipod.diagnostics.report import write_report
+
+    try:
+        files = write_report(run_dirs, out)
+    except FileNotFoundError as exc:
+        raise _fail(str(exc), 1) from None
+    if not quiet:
+        typer.echo((out / "report.md").read_text())
+    typer.echo(f"report written to {out} ({len(files)} files)")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the demo's runs and report.")] = Path("dipod-demo"),
+    budget: Annotated[str, typer.Option("--budget", help="default (minutes on a CPU) or small (seconds).")] = "default",
+    quiet: QuietOption = False,
+) -> None:
+    """CPU end-to-end comparison: FPO vs FPO + DiPOD on 4x4 Sudoku and FPO++ vs FPO++ + DiPOD on control."""
+    from dipod.config import ConfigError
+    from dipod.demo import BUDGETS, run_demo
+
+    if budget not in BUDGETS:
+        raise _fail(f"--budget {budget!r}: choose one of {', '.join(BUDGETS)}", EXIT_CONFIG)
+    try:
+        report_dir = run_demo(out, budget=budget, quiet=quiet)
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_CONFIG) from None
+    typer.echo(f"demo finished: report in {report_dir / 'report.md'}")
+
+
+def main() -> None:
+    """Entry point of the ``dipod`` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

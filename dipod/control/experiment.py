@@ -1,0 +1,143 @@
+"""Return-vs-env-steps experiments: run configs over seeds, log JSONL curves, summarise, plot.
+
+Used by ``benchmarks/pendulum.py`` and ``benchmarks/halfcheetah.py``. Each run appends one JSON row
+per training step to its log file (so a long run can be watched and survives interruption), and the
+summary holds every run's curve of the training episode return (mean of the last finished episodes).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from dipod.config import RunConfig, load_config
+
+
+def run_curve(cfg: RunConfig, env_steps: int, log_path: Path, *, eval_at_end: bool = True) -> dict:
+    """Train until ``env_steps`` env steps; returns the curve (samples, episode_return) and timings."""
+    import torch
+
+    from dipod.control.trainer import ControlTrainer
+
+    torch.set_num_threads(1)
+    trainer = ControlTrainer(cfg)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    samples, returns = [], []
+    start = time.perf_counter()
+    with log_path.open("w") as log:
+        while trainer.samples < env_steps:
+            metrics = trainer.train_step()
+            row = {"step": trainer.step, "samples": trainer.samples, "time_s": time.perf_counter() - start, **metrics}
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            if "episode_return" in metrics:
+                samples.append(trainer.samples)
+                returns.append(metrics["episode_return"])
+    result = {
+        "name": cfg.name,
+        "seed": cfg.seed,
+        "samples": samples,
+        "episode_return": returns,
+        "env_steps": trainer.samples,
+        "wall_s": time.perf_counter() - start,
+        "self_distill_s": trainer.self_distill_time_s,
+    }
+    if eval_at_end:
+        result.update(trainer.evaluate())
+    trainer.close()
+    return result
+
+
+def _job(args: tuple[str, list[str], int, str]) -> dict:
+    config, overrides, env_steps, log_path = args
+    cfg = load_config(config, overrides)
+    return run_curve(cfg, env_steps, Path(log_path))
+
+
+def run_grid(
+    configs: list[str], seeds: list[int], env_steps: int, out_dir: Path, *, jobs: int = 1, overrides: list[str] = ()
+) -> list[dict]:
+    """Every config x seed, ``jobs`` processes at a time; logs go to out_dir/<name>_seed<k>.jsonl."""
+    tasks = []
+    for config in configs:
+        name = load_config(config, list(overrides)).name
+        for seed in seeds:
+            log = out_dir / f"{name}_seed{seed}.jsonl"
+            tasks.append((config, [*overrides, f"seed={seed}"], env_steps, str(log)))
+    if jobs == 1:
+        return [_job(t) for t in tasks]
+    with ProcessPoolExecutor(jobs) as pool:
+        return list(pool.map(_job, tasks))
+
+
+def smoothed_curve(samples: list[int], values: list[float], grid: np.ndarray) -> np.ndarray:
+    """values interpolated onto ``grid`` (env steps); NaN before the first finished episode."""
+    if not samples:
+        return np.full(grid.shape, np.nan)
+    out = np.interp(grid, samples, values)
+    out[grid < samples[0]] = np.nan
+    return out
+
+
+def summarise(results: list[dict], *, threshold: float | None = None, points: int = 100) -> dict:
+    """Per variant: final return mean/std over seeds, env steps to reach ``threshold``, mean curve."""
+    variants: dict[str, list[dict]] = {}
+    for r in results:
+        variants.setdefault(r["name"], []).append(r)
+    summary = {}
+    for name, runs in variants.items():
+        max_steps = max(r["env_steps"] for r in runs)
+        grid = np.linspace(0, max_steps, points)
+        curves = np.stack([smoothed_curve(r["samples"], r["episode_return"], grid) for r in runs])
+        finals = [r["episode_return"][-1] for r in runs if r["episode_return"]]
+        entry = {
+            "seeds": [r["seed"] for r in runs],
+            "env_steps": [r["env_steps"] for r in runs],
+            "final_return_mean": float(np.mean(finals)),
+            "final_return_std": float(np.std(finals)),
+            "eval_return": [r.get("eval/return") for r in runs],
+            "wall_s": [r["wall_s"] for r in runs],
+            "grid": grid.tolist(),
+            "mean_curve": np.nanmean(curves, axis=0).tolist() if np.isfinite(curves).any() else [],
+        }
+        if threshold is not None:
+            mean_curve = np.nanmean(curves, axis=0)
+            hit = np.flatnonzero(mean_curve >= threshold)
+            entry["steps_to_threshold"] = float(grid[hit[0]]) if hit.size else None
+        summary[name] = entry
+    return summary
+
+
+def plot_curves(results: list[dict], path: Path, *, title: str, threshold: float | None = None) -> None:
+    """PNG of episode return vs env steps: thin lines per seed, thick mean per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    names = sorted({r["name"] for r in results})
+    for color, name in zip(colors, names, strict=False):
+        runs = [r for r in results if r["name"] == name]
+        grid = np.linspace(0, max(r["env_steps"] for r in runs), 100)
+        curves = []
+        for r in runs:
+            ax.plot(r["samples"], r["episode_return"], color=color, alpha=0.25, lw=0.8)
+            curves.append(smoothed_curve(r["samples"], r["episode_return"], grid))
+        ax.plot(grid, np.nanmean(np.stack(curves), axis=0), color=color, lw=2, label=f"{name} ({len(runs)} seeds)")
+    if threshold is not None:
+        ax.axhline(threshold, color="gray", ls="--", lw=1, label=f"goal {threshold:g}")
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("episode return (training, last 20 episodes)")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,446 @@
+"""On-policy trainer for flow policies (FPO, FPO++, + DiPOD) and the Gaussian PPO baseline.
+
+One ``train_step`` reads top to bottom like rsl_rl's runner: rollout under ``torch.inference_mode()``
+-> old CFM losses on stored (tau, eps) draws -> GAE with the critic -> update epochs x minibatches
+-> metrics. The formulas live in ``dipod.bounds``, ``dipod.objectives`` and ``dipod.advantages``.
+
+Shape legend: T rollout steps, E envs, B = T * E transitions, N (tau, eps) draws, A action dim, S obs dim.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import deque
+
+import numpy as np
+import torch
+
+from dipod.advantages import gae
+from dipod.bounds.flow import FlowDraws, draw_flow_noise
+from dipod.config import RunConfig
+from dipod.control.envs import final_observations, make_vector_env, restore_vector_env, snapshot_vector_env
+from dipod.control.normalizer import RunningNorm
+from dipod.control.policy import Critic, FlowPolicy, GaussianPolicy
+from dipod.control.self_distill import self_distill
+from dipod.objectives import dipod_term, get_objective, ratio_ppo_loss
+from dipod.optim import clip_and_step, loss_is_finite
+from dipod.types import LossOut
+
+RETURN_WINDOW = 20
+"""Finished episodes averaged into ``episode_return``."""
+
+
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g
+
+
+class ControlTrainer:
+    """Rollout, GAE and clipped-surrogate updates for a flow (or Gaussian) policy in gymnasium vector envs."""
+
+    def __init__(self, cfg: RunConfig, *, device: str | None = None) -> None:
+        if cfg.control is None:
+            raise ValueError("ControlTrainer needs a config with a `control` section")
+        self.cfg = cfg
+        self.cc = cc = cfg.control
+        self.device = torch.device(device or cfg.train.device)
+        self.step = 0
+        self.samples = 0
+        # Separate streams, so e.g. evaluation or the drift probe never shift the training noise.
+        self.gen_rollout = _generator(self.device, cfg.seed * 1000 + 1)  # action noise and (tau, eps) draws
+        self.gen_update = _generator(torch.device("cpu"), cfg.seed * 1000 + 2)  # minibatch permutations
+        self.gen_probe = _generator(self.device, cfg.seed * 1000 + 3)  # drift probe
+        init_gen = _generator(torch.device("cpu"), cfg.seed * 1000 + 4)  # weight init
+
+        env_kwargs = {"modes": cc.bandit_modes, "width": cc.bandit_width} if cc.env == "bandit" else {}
+        self.envs = make_vector_env(cc.env, cc.num_envs, mode=cc.vector_mode, **env_kwargs)
+        self._env_kwargs = env_kwargs
+        obs, _ = self.envs.reset(seed=cfg.seed)
+        self._obs = np.asarray(obs, dtype=np.float32)  # (E, S) current observations
+        obs_space, act_space = self.envs.single_observation_space, self.envs.single_action_space
+        self.obs_dim, self.action_dim = int(np.prod(obs_space.shape)), int(np.prod(act_space.shape))
+        self.action_low = torch.as_tensor(act_space.low, dtype=torch.float32, device=self.device)
+        self.action_high = torch.as_tensor(act_space.high, dtype=torch.float32, device=self.device)
+
+        self.normalizer = RunningNorm(self.obs_dim).to(self.device)
+        if cc.policy == "flow":
+            self.actor: FlowPolicy | GaussianPolicy = FlowPolicy(
+                self.obs_dim,
+                self.action_dim,
+                hidden=cc.actor_hidden,
+                activation=cc.activation,
+                time_embed_dim=cc.time_embed_dim,
+                actor_scale=cc.actor_scale,
+                output_scale=cc.output_scale,
+                sampling_steps=cc.sampling_steps,
+                generator=init_gen,
+            )
+            self.objective = get_objective("control", cfg.objective.name)
+        else:
+            self.actor = GaussianPolicy(
+                self.obs_dim,
+                self.action_dim,
+                hidden=cc.actor_hidden,
+                activation=cc.activation,
+                init_log_std=cc.init_log_std,
+                generator=init_gen,
+            )
+            self.objective = None
+        self.actor.to(self.device)
+        self.critic = Critic(self.obs_dim, hidden=cc.critic_hidden, activation=cc.activation, generator=init_gen)
+        self.critic.to(self.device)
+        self.optimizer = self._make_optimizer()
+
+        self._ep_return = np.zeros(cc.num_envs)  # running undiscounted return of each env's episode
+        self._ep_length = np.zeros(cc.num_envs, dtype=np.int64)
+        self._finished: deque[tuple[float, int]] = deque(maxlen=RETURN_WINDOW)
+        self._self_distill_done = cc.policy != "flow" or cc.self_distill_iterations == 0
+        self._last_batch: dict[str, torch.Tensor] | None = None  # for the drift probe
+        self.self_distill_time_s = 0.0
+
+    # ------------------------------------------------------------------ construction helpers
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        o = self.cfg.optim
+        groups = [
+            {"params": list(self.actor.parameters()), "lr": o.lr},
+            {"params": list(self.critic.parameters()), "lr": self.cc.critic_lr or o.lr},
+        ]
+        return torch.optim.AdamW(groups, betas=o.betas, weight_decay=o.weight_decay)
+
+    def _parameters(self) -> list[torch.nn.Parameter]:
+        return [*self.actor.parameters(), *self.critic.parameters()]
+
+    # ------------------------------------------------------------------ env interaction
+
+    def _normalize(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.normalizer(obs) if self.cc.normalize_obs else obs
+
+    def _observe(self) -> torch.Tensor:
+        """(E, S) current observations, normalised after folding them into the running statistics."""
+        obs = torch.as_tensor(self._obs, device=self.device)
+        if self.cc.normalize_obs:
+            self.normalizer.update(obs)
+        return self._normalize(obs)
+
+    def _env_step(self, actions: torch.Tensor) -> tuple[np.ndarray, ...]:
+        """Step every env with actions clipped to the action space; track episode returns.
+
+        Returns rewards (E,), terminated (E,), truncated (E,) and the observations reached (E, S),
+        i.e. the final observation where an episode ended (same-step autoreset put the reset
+        observation into ``self._obs``).
+        """
+        clipped = torch.maximum(torch.minimum(actions, self.action_high), self.action_low)
+        next_obs, rewards, terminated, truncated, infos = self.envs.step(clipped.cpu().numpy())
+        reached = final_observations(next_obs, infos).astype(np.float32)
+        self._obs = np.asarray(next_obs, dtype=np.float32)
+        rewards = np.asarray(rewards, dtype=np.float64)
+        self._ep_return += rewards
+        self._ep_length += 1
+        for i in np.flatnonzero(terminated | truncated):  # only the envs whose episode ended
+            self._finished.append((float(self._ep_return[i]), int(self._ep_length[i])))
+            self._ep_return[i], self._ep_length[i] = 0.0, 0
+        self.samples += self.cc.num_envs
+        return rewards, terminated, truncated, reached
+
+    # ------------------------------------------------------------------ rollout
+
+    def _rollout(self) -> dict[str, torch.Tensor]:
+        """T steps in E envs under inference mode; returns (T, E, ...) tensors (normal, autograd-usable)."""
+        cc, dev = self.cc, self.device
+        buf: dict[str, list[torch.Tensor]] = {k: [] for k in ("obs", "actions", "rewards", "values", "next_values")}
+        buf.update({"terminated": [], "truncated": [], "raw_rewards": []})
+        with torch.inference_mode():
+            for _ in range(cc.rollout_steps):
+                obs = self._observe()  # (E, S)
+                actions = self.actor.sample(obs, self.gen_rollout)  # (E, A)
+                rewards, terminated, truncated, reached = self._env_step(actions)
+                reached_obs = self._normalize(torch.as_tensor(reached, device=dev))
+                buf["obs"].append(obs)
+                buf["actions"].append(actions)
+                buf["values"].append(self.critic(obs))
+                buf["next_values"].append(self.critic(reached_obs))
+                buf["raw_rewards"].append(torch.as_tensor(rewards, dtype=torch.float32, device=dev))
+                buf["rewards"].append(buf["raw_rewards"][-1] * cc.reward_scale)
+                buf["terminated"].append(torch.as_tensor(terminated, device=dev))
+                buf["truncated"].append(torch.as_tensor(truncated, device=dev))
+        # Clone out of inference mode so the update can build graphs on these tensors.
+        return {k: torch.stack(v).clone() for k, v in buf.items()}
+
+    # ------------------------------------------------------------------ self-distillation
+
+    def _collect_teacher(self, teacher: FlowPolicy) -> tuple[torch.Tensor, torch.Tensor]:
+        obs_list, act_list = [], []
+        with torch.inference_mode():
+            for _ in range(self.cc.self_distill_rollout_steps):
+                obs = self._observe()
+                actions = teacher.sample(obs, self.gen_rollout)
+                self._env_step(actions)
+                obs_list.append(obs)
+                act_list.append(actions)
+        return torch.cat(obs_list).clone(), torch.cat(act_list).clone()
+
+    def _run_self_distill(self) -> dict[str, float]:
+        import time
+
+        cc = self.cc
+        start = time.perf_counter()
+        assert isinstance(self.actor, FlowPolicy)
+        stats = self_distill(
+            self.actor,
+            self._collect_teacher,
+            iterations=cc.self_distill_iterations,
+            batch_size=cc.self_distill_batch_size,
+            lr=cc.self_distill_lr,
+            num_draws=cc.self_distill_draws,
+            generator=self.gen_rollout,
+            max_grad_norm=self.cfg.optim.max_grad_norm,
+            weight_decay=self.cfg.optim.weight_decay,
+            buffer_floor=cc.num_envs * cc.self_distill_rollout_steps * 8,
+        )
+        self.optimizer = self._make_optimizer()  # fresh optimiser for RL, as in the reference
+        self._self_distill_done = True
+        self.self_distill_time_s = time.perf_counter() - start
+        return stats
+
+    # ------------------------------------------------------------------ one policy-improvement step
+
+    def train_step(self) -> dict[str, float]:
+        """Rollout, GAE, then update_epochs x num_minibatches clipped-surrogate updates."""
+        cc = self.cc
+        extra: dict[str, float] = {}
+        if not self._self_distill_done:
+            extra.update(self._run_self_distill())
+
+        roll = self._rollout()
+        advantages, returns = gae(
+            roll["rewards"],
+            roll["values"],
+            roll["next_values"],
+            roll["terminated"],
+            roll["truncated"],
+            gamma=cc.gamma,
+            lam=cc.gae_lambda,
+        )
+        batch = {
+            "obs": roll["obs"].flatten(0, 1),  # (B, S)
+            "actions": roll["actions"].flatten(0, 1),  # (B, A)
+            "adv": advantages.flatten(),  # (B,)
+            "returns": returns.flatten(),
+        }
+        size = batch["obs"].shape[0]
+        mb_size = size // cc.num_minibatches
+        perms = [torch.randperm(size, generator=self.gen_update).to(self.device) for _ in range(cc.update_epochs)]
+        self._store_old(batch, perms[0], mb_size)
+        if cc.adv_norm == "batch":
+            batch["adv"] = self._normalize_adv(batch["adv"])
+
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        skipped = 0
+        ratio_first = float("nan")
+        for perm in perms:
+            for start in range(0, size, mb_size):
+                rows = perm[start : start + mb_size]
+                out, value_loss = self._losses({k: v[rows] for k, v in batch.items()})
+                loss = out.loss + cc.value_coef * value_loss
+                if math.isnan(ratio_first):
+                    ratio_first = float(out.stats["ratio_mean"])
+                if not loss_is_finite(loss):
+                    skipped += 1
+                    continue
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                applied, grad_norm = clip_and_step(self.optimizer, self._parameters(), self.cfg.optim.max_grad_norm)
+                skipped += int(not applied)
+                row = {**{k: float(v) for k, v in out.stats.items()}, "loss": float(loss.detach())}
+                row.update(value_loss=float(value_loss.detach()), grad_norm=grad_norm)
+                for k, v in row.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                    counts[k] = counts.get(k, 0) + 1
+
+        self.step += 1
+        self._last_batch = {k: batch[k] for k in ("obs", "actions", "adv")}
+        metrics = {k: sums[k] / counts[k] for k in sums}
+        metrics.setdefault("dipod_reg", 0.0)
+        metrics.update(extra)
+        metrics.update(
+            reward_mean=float(roll["raw_rewards"].mean()),
+            skipped_updates=float(skipped),
+            ratio_first=ratio_first,
+            value_mean=float(roll["values"].mean()),
+        )
+        if self._finished:
+            metrics["episode_return"] = float(np.mean([r for r, _ in self._finished]))
+            metrics["episode_length"] = float(np.mean([n for _, n in self._finished]))
+        return metrics
+
+    def _store_old(self, batch: dict[str, torch.Tensor], perm: torch.Tensor, mb_size: int) -> None:
+        """Per-transition (tau, eps) draws and the rollout policy's scores on them, reused in every epoch.
+
+        The scores are computed in the first epoch's minibatch layout, so the first minibatch's
+        forward pass repeats them bit for bit and rho == 1 exactly before the first update.
+        """
+        size = batch["obs"].shape[0]
+        if isinstance(self.actor, FlowPolicy):
+            draws = draw_flow_noise(
+                size, self.cc.cfm_draws, self.action_dim, generator=self.gen_rollout, device=self.device
+            )
+            batch["tau"], batch["eps"] = draws.tau, draws.eps  # (B, N), (B, N, A)
+        old = torch.empty(0)
+        with torch.no_grad():
+            for start in range(0, size, mb_size):
+                rows = perm[start : start + mb_size]
+                if isinstance(self.actor, FlowPolicy):
+                    score = self.actor.cfm_losses(
+                        batch["obs"][rows], batch["actions"][rows], FlowDraws(batch["tau"][rows], batch["eps"][rows])
+                    )  # (mb, N)
+                else:
+                    score = self.actor.loglik(batch["obs"][rows], batch["actions"][rows])  # (mb,)
+                if old.numel() == 0:
+                    old = torch.empty((size, *score.shape[1:]), device=self.device)
+                old[rows] = score
+        batch["old"] = old
+
+    def _normalize_adv(self, adv: torch.Tensor) -> torch.Tensor:
+        if adv.numel() < 2:
+            return adv
+        normed = (adv - adv.mean()) / (adv.std() + 1e-8)
+        return normed.clamp(-self.cc.adv_clamp, self.cc.adv_clamp)
+
+    def _losses(self, mb: dict[str, torch.Tensor]) -> tuple[LossOut, torch.Tensor]:
+        """Policy objective (+ DiPOD term) and value loss on one minibatch."""
+        adv = self._normalize_adv(mb["adv"]) if self.cc.adv_norm == "minibatch" else mb["adv"]
+        obj = self.cfg.objective
+        if isinstance(self.actor, FlowPolicy):
+            cfm_new = self.actor.cfm_losses(mb["obs"], mb["actions"], FlowDraws(mb["tau"], mb["eps"]))  # (mb, N)
+            out = self.objective.fn(cfm_new, mb["old"], adv, obj)
+            if obj.dipod_beta > 0:
+                out = out + dipod_term(out.elbo, obj.dipod_beta)
+        else:
+            loglik = self.actor.loglik(mb["obs"], mb["actions"])  # exact: the baseline is PPO itself
+            out = ratio_ppo_loss(loglik, mb["old"], adv, clip_low=obj.clip_low, clip_high=obj.clip_high)
+        value_loss = 0.5 * (self.critic(mb["obs"]) - mb["returns"]).pow(2).mean()
+        return out, value_loss
+
+    # ------------------------------------------------------------------ evaluation and diagnostics
+
+    def evaluate(self) -> dict[str, float]:
+        """Mean return of ``eval_episodes`` fresh episodes (separate envs and noise; training state untouched)."""
+        cc = self.cc
+        envs = make_vector_env(cc.env, cc.eval_episodes, mode="sync", **self._env_kwargs)
+        gen = _generator(self.device, self.cfg.seed * 1000 + 5)
+        obs, _ = envs.reset(seed=self.cfg.seed + 10_000)
+        returns = np.zeros(cc.eval_episodes)
+        lengths = np.zeros(cc.eval_episodes)
+        active = np.ones(cc.eval_episodes, dtype=bool)
+        with torch.inference_mode():
+            while active.any():
+                norm_obs = self._normalize(torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device))
+                actions = self.actor.sample(norm_obs, gen)
+                clipped = torch.maximum(torch.minimum(actions, self.action_high), self.action_low)
+                obs, rewards, terminated, truncated, _ = envs.step(clipped.cpu().numpy())
+                returns += np.where(active, rewards, 0.0)
+                lengths += active
+                active &= ~(terminated | truncated)
+        envs.close()
+        return {"eval/return": float(returns.mean()), "eval/length": float(lengths.mean())}
+
+    def drift_probe(self) -> dict[str, float]:
+        """ELBO, exact Euler log-likelihood, their gap, and the proxy-vs-true policy-gradient cosine.
+
+        Probe batch: ``drift.probe_size`` transitions of the latest rollout (actions sampled by the
+        policy, with their normalised advantages). Proxy gradient: -mean(A * grad ELBO), the
+        objective's PG gradient at rho = 1; true: -mean(A * grad log pi). Both over actor parameters.
+        """
+        if not isinstance(self.actor, FlowPolicy):
+            raise ValueError("drift_probe needs a flow policy (the Gaussian baseline's likelihood is exact)")
+        if self._last_batch is None:
+            self.train_step_rollout_only()
+        assert self._last_batch is not None
+        b = self._last_batch
+        size = min(self.cfg.drift.probe_size, b["obs"].shape[0])
+        rows = torch.randperm(b["obs"].shape[0], generator=self.gen_probe, device=self.gen_probe.device)[:size]
+        rows = rows.to(self.device)
+        obs, actions = b["obs"][rows], b["actions"][rows]
+        adv = self._normalize_adv(b["adv"][rows])
+        params = [p for p in self.actor.parameters() if p.requires_grad]
+        draws = draw_flow_noise(size, self.cc.cfm_draws, self.action_dim, generator=self.gen_probe, device=self.device)
+        elbo = -self.actor.cfm_losses(obs, actions, draws).mean(-1)  # (P,)
+        grad_proxy = torch.autograd.grad(-(adv * elbo).mean(), params)
+        loglik = self.actor.loglik(obs, actions)  # (P,)
+        grad_true = torch.autograd.grad(-(adv * loglik).mean(), params)
+        flat_proxy = torch.cat([g.flatten() for g in grad_proxy])
+        flat_true = torch.cat([g.flatten() for g in grad_true])
+        cosine = torch.nn.functional.cosine_similarity(flat_proxy, flat_true, dim=0)
+        return {
+            "drift/elbo": float(elbo.detach().mean()),
+            "drift/loglik": float(loglik.detach().mean()),
+            "drift/gap": float((loglik - elbo).detach().mean()),
+            "drift/grad_cosine": float(cosine),
+        }
+
+    def train_step_rollout_only(self) -> None:
+        """Fill the drift probe's batch with one rollout and its advantages, without updating."""
+        roll = self._rollout()
+        advantages, _ = gae(
+            roll["rewards"], roll["values"], roll["next_values"], roll["terminated"], roll["truncated"],
+            gamma=self.cc.gamma, lam=self.cc.gae_lambda,
+        )  # fmt: skip
+        self._last_batch = {
+            "obs": roll["obs"].flatten(0, 1),
+            "actions": roll["actions"].flatten(0, 1),
+            "adv": advantages.flatten(),
+        }
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue bit for bit, env state included."""
+        return {
+            "step": self.step,
+            "samples": self.samples,
+            "actor": copy.deepcopy(self.actor.state_dict()),
+            "critic": copy.deepcopy(self.critic.state_dict()),
+            "normalizer": copy.deepcopy(self.normalizer.state_dict()),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "generators": {
+                "rollout": self.gen_rollout.get_state(),
+                "update": self.gen_update.get_state(),
+                "probe": self.gen_probe.get_state(),
+            },
+            "envs": snapshot_vector_env(self.envs),
+            "obs": self._obs.copy(),
+            "ep_return": self._ep_return.copy(),
+            "ep_length": self._ep_length.copy(),
+            "finished": list(self._finished),
+            "self_distill_done": self._self_distill_done,
+            "last_batch": None if self._last_batch is None else {k: v.clone() for k, v in self._last_batch.items()},
+            "config": self.cfg.model_dump(mode="json"),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a ``state_dict``; the trainer must have been built from the same config."""
+        self.step, self.samples = int(state["step"]), int(state["samples"])
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.normalizer.load_state_dict(state["normalizer"])
+        self.optimizer = self._make_optimizer()
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.gen_rollout.set_state(state["generators"]["rollout"])
+        self.gen_update.set_state(state["generators"]["update"])
+        self.gen_probe.set_state(state["generators"]["probe"])
+        restore_vector_env(self.envs, state["envs"])
+        self._obs = np.array(state["obs"], dtype=np.float32)
+        self._ep_return = np.array(state["ep_return"], dtype=np.float64)
+        self._ep_length = np.array(state["ep_length"], dtype=np.int64)
+        self._finished = deque((tuple(x) for x in state["finished"]), maxlen=RETURN_WINDOW)
+        self._self_distill_done = bool(state["self_distill_done"])
+        last = state.get("last_batch")
+        self._last_batch = None if last is None else {k: v.to(self.device) for k, v in last.items()}
+
+    def close(self) -> None:
+        """Close the vector env (async envs hold worker processes)."""
+        self.envs.close()

@@ -1,0 +1,19 @@
+"""Pick the trainer for a run config by its domain (imported lazily: a control run never loads transformers)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dipod.config import RunConfig
+
+
+def build_trainer(cfg: RunConfig, device: str | None = None) -> Any:
+    """A LanguageTrainer or ControlTrainer for ``cfg``, on ``device`` (default: ``cfg.train.device``)."""
+    device = device or cfg.train.device
+    if cfg.domain == "language":
+        from dipod.language.trainer import LanguageTrainer
+
+        return LanguageTrainer(cfg, device=device)
+    from dipod.control.trainer import ControlTrainer
+
+    return ControlTrainer(cfg, device=device)

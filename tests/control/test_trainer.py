@@ -1,0 +1,151 @@
+"""ControlTrainer: common random numbers, stored draws, end to end, determinism, bit-for-bit resume."""
+
+import io
+import math
+
+import pytest
+import torch
+
+from dipod.config import validate_config
+from dipod.control.trainer import ControlTrainer
+
+NUM_ENVS, ROLLOUT = 4, 16
+
+
+def _cfg(**control):
+    objective = control.pop("objective", {"name": "fpo_pp", "dipod_beta": 0.05})
+    section = {
+        "env": "Pendulum-v1",
+        "num_envs": NUM_ENVS,
+        "rollout_steps": ROLLOUT,
+        "update_epochs": 2,
+        "num_minibatches": 2,
+        "actor_hidden": [16, 16],
+        "critic_hidden": [16, 16],
+        "sampling_steps": 4,
+        "cfm_draws": 4,
+        **control,
+    }
+    return validate_config({"domain": "control", "seed": 3, "objective": objective, "control": section})
+
+
+@pytest.mark.parametrize(
+    ("policy", "objective"),
+    [
+        ("flow", {"name": "fpo_pp", "dipod_beta": 0.05}),
+        ("flow", {"name": "fpo", "dipod_beta": 0.0}),
+        ("gaussian", {"name": "fpo"}),
+    ],
+)
+def test_ratio_is_one_before_the_first_update(policy, objective):
+    trainer = ControlTrainer(_cfg(policy=policy, objective=objective))
+    metrics = trainer.train_step()
+    assert metrics["ratio_first"] == 1.0
+    assert metrics["ratio_mean"] != 1.0  # later minibatches see the updated policy
+    trainer.close()
+
+
+def test_stored_draws_and_old_losses_are_reused_in_every_epoch():
+    trainer = ControlTrainer(_cfg(update_epochs=3))
+    seen_tau, seen_old = [], []
+    original_fn = trainer.objective.fn
+    original_cfm = trainer.actor.cfm_losses
+
+    def spy_cfm(obs, actions, draws):
+        seen_tau.append(draws.tau.detach().clone())
+        return original_cfm(obs, actions, draws)
+
+    def spy_fn(cfm_new, cfm_old, adv, cfg):
+        seen_old.append(cfm_old.detach().clone())
+        return original_fn(cfm_new, cfm_old, adv, cfg)
+
+    trainer.actor.cfm_losses = spy_cfm
+    trainer.objective = type(trainer.objective)(trainer.objective.name, "control", spy_fn, "flow")
+    trainer.train_step()
+    mbs = 2
+    # First the old losses (one call per minibatch), then epochs x minibatches update calls.
+    assert len(seen_tau) == mbs + 3 * mbs and len(seen_old) == 3 * mbs
+    per_epoch_tau = [
+        torch.sort(torch.cat(seen_tau[i : i + mbs]).flatten()).values for i in range(0, len(seen_tau), mbs)
+    ]
+    for tau in per_epoch_tau[1:]:
+        assert torch.equal(tau, per_epoch_tau[0])
+    per_epoch_old = [torch.sort(torch.cat(seen_old[i : i + mbs]).flatten()).values for i in range(0, 6, mbs)]
+    assert torch.equal(per_epoch_old[1], per_epoch_old[0]) and torch.equal(per_epoch_old[2], per_epoch_old[0])
+    trainer.close()
+
+
+def test_pendulum_end_to_end_changes_parameters_and_counts_env_steps():
+    trainer = ControlTrainer(_cfg(num_envs=8, rollout_steps=64))
+    before = [p.detach().clone() for p in trainer.actor.parameters()]
+    for _ in range(5):
+        metrics = trainer.train_step()
+    assert trainer.step == 5 and trainer.samples == 5 * 8 * 64
+    for key in (
+        "reward_mean",
+        "loss",
+        "pg_loss",
+        "dipod_reg",
+        "elbo_mean",
+        "ratio_mean",
+        "clip_frac",
+        "grad_norm",
+        "skipped_updates",
+        "episode_return",
+    ):
+        assert math.isfinite(metrics[key]), key
+    assert metrics["dipod_reg"] != 0.0
+    assert all(not torch.equal(b, p) for b, p in zip(before, trainer.actor.parameters(), strict=True))
+    evaluation = trainer.evaluate()
+    assert set(evaluation) == {"eval/return", "eval/length"} and evaluation["eval/length"] == 200
+    trainer.close()
+
+
+def test_same_seed_gives_identical_metrics():
+    runs = []
+    for _ in range(2):
+        trainer = ControlTrainer(_cfg())
+        runs.append([trainer.train_step() for _ in range(2)])
+        trainer.close()
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"self_distill_iterations": 2, "self_distill_batch_size": 32},
+        {"policy": "gaussian", "objective": {"name": "fpo"}},
+    ],
+)
+def test_resume_from_state_dict_is_bit_for_bit(extra):
+    reference = ControlTrainer(_cfg(**dict(extra)))
+    expected = [reference.train_step() for _ in range(4)]
+    reference.close()
+
+    first = ControlTrainer(_cfg(**dict(extra)))
+    for _ in range(2):
+        first.train_step()
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    first.close()
+    buffer.seek(0)
+    resumed = ControlTrainer(_cfg(**dict(extra)))
+    resumed.load_state_dict(torch.load(buffer, weights_only=False))
+    assert resumed.step == 2 and resumed.samples == 2 * NUM_ENVS * ROLLOUT + (
+        2 * NUM_ENVS * 8 if "self_distill_iterations" in extra else 0
+    )
+    assert [resumed.train_step() for _ in range(2)] == expected[2:]
+    resumed.close()
+
+
+def test_drift_probe_reports_gap_and_cosine():
+    cfg = _cfg()
+    cfg.drift.probe_size = 8
+    trainer = ControlTrainer(cfg)
+    trainer.train_step()
+    probe = trainer.drift_probe()
+    assert set(probe) == {"drift/elbo", "drift/loglik", "drift/gap", "drift/grad_cosine"}
+    assert probe["drift/gap"] == pytest.approx(probe["drift/loglik"] - probe["drift/elbo"], abs=1e-5)
+    assert -1.0 <= probe["drift/grad_cosine"] <= 1.0
+    trainer.close()
