@@ -130,6 +130,9 @@ class LanguageTrainer:
         self.train_model = self.accelerator.prepare_model(self.model) if self.world > 1 else self.model
         self.np_rng = np.random.default_rng(cfg.seed)  # prompt draws: identical on every process
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 7919 * (self.rank + 1))
+        # The drift probe has its own streams, so training draws are the same whether or not it runs.
+        self.probe_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 104729 * (self.rank + 1))
+        self.probe_rng = np.random.default_rng(cfg.seed + 1)
         self.step = 0
         self.samples = 0
         self.bad_steps = 0
@@ -322,6 +325,13 @@ class LanguageTrainer:
                 lang.data.prompt_format, batch_size=lang.eval_batch_size, device=self.device,
             )  # fmt: skip
 
+    def drift_probe(self) -> dict[str, float]:
+        """Double-drift metrics on fresh completions (drift/elbo, drift/loglik, drift/gap, drift/grad_cosine)."""
+        from dipod.diagnostics.drift import language_trainer_drift_probe
+
+        with self._autocast():
+            return language_trainer_drift_probe(self, self.probe_generator, self.probe_rng)
+
     def state_dict(self) -> dict:
         """Everything needed to continue bit for bit: trainable weights, optimiser, generators, counters."""
         trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
@@ -330,6 +340,8 @@ class LanguageTrainer:
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "np_rng": self.np_rng.bit_generator.state,
+            "probe_generator": self.probe_generator.get_state(),
+            "probe_rng": self.probe_rng.bit_generator.state,
             "step": self.step,
             "samples": self.samples,
             "bad_steps": self.bad_steps,
@@ -351,6 +363,8 @@ class LanguageTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         self.np_rng.bit_generator.state = state["np_rng"]
+        self.probe_generator.set_state(state["probe_generator"])
+        self.probe_rng.bit_generator.state = state["probe_rng"]
         self.step, self.samples, self.bad_steps = state["step"], state["samples"], state["bad_steps"]
         if self.reference is not None and "reference" in state:
             self.reference.load_state_dict(state["reference"])

@@ -224,3 +224,12 @@ def test_completion_text_ends_at_the_first_eos(tiny_cfg, monkeypatch):
     out = rollout.decode_and_score(trainer.model, tok, trainer.task, [ex], prompt_ids, attn, None, "compact", None)
     assert out.texts == [ex.solution[:8]]
     assert out.valid.sum() == 9  # eight digits and the EOS
+
+
+def test_drift_probe_reports_and_leaves_training_unchanged(tiny_cfg):
+    cfg = tiny_cfg.model_copy(update={"drift": tiny_cfg.drift.model_copy(update={"probe_size": 4, "num_orders": 4})})
+    plain, probed = LanguageTrainer(cfg), LanguageTrainer(cfg)
+    probe = probed.drift_probe()
+    assert {"drift/elbo", "drift/loglik", "drift/gap", "drift/grad_cosine"} <= set(probe)
+    assert all(math.isfinite(probe[k]) for k in ("drift/elbo", "drift/loglik", "drift/gap"))
+    assert same(plain.train_step(), probed.train_step())
