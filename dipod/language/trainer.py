@@ -3,10 +3,13 @@
 One ``train_step`` reads top to bottom:
 
 1. draw prompts (the same global draw on every process; each takes its shard), G completions per
-   prompt with the sampler (inference mode), rewards from the task, A = r - mean_group(r);
+   prompt with the sampler (inference mode), rewards from the task, A = r - mean_group(r)
+   (divided by the group std with ``language.normalize_advantages``);
 2. draw and store the noise the objective needs (``Objective.draws``): ELBO masks, SPG's
    block_random masks, or diffu-GRPO's one-step masks; the same draws score the old, new and
-   reference policies (common random numbers, so rho == 1 exactly at the first inner update);
+   reference policies (common random numbers, so rho == 1 exactly at the first inner update). The
+   draws are kept for all mu inner updates, also for SPG, whose release draws a new mask per inner
+   iteration (SPG has no ratio, so only the noise of its estimate differs);
 3. old (and reference) token log-probabilities once, without gradient;
 4. mu inner updates: one forward pass per micro-batch gives the new ``MaskedScores``; the loss is the
    registered objective + ``dipod_term(out.elbo, beta)`` + the reference term, gradients are
