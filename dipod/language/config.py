@@ -109,6 +109,9 @@ class DataConfig(BaseModel):
     prompt_format: Literal["compact", "d1"] = "compact"
     """compact: bare task strings for the tiny model (Sudoku: 16 digits -> 16 digits); d1: the
     reasoning/answer XML format for real LLMs."""
+    chat_template: bool = False
+    """Wrap each prompt as a user message with the tokenizer's chat template (instruction-tuned HF models
+    such as LLaDA-8B-Instruct, as d1 does); the built-in tokenizer has none."""
     sudoku_min_blanks: int = Field(6, ge=1, le=13)
     sudoku_max_blanks: int = Field(10, ge=1, le=13)
     countdown_numbers: int = Field(3, ge=2, le=5)

@@ -150,9 +150,8 @@ class LanguageTrainer:
         per_rank = lang.prompts_per_step // self.world
         examples = examples[self.rank * per_rank : (self.rank + 1) * per_rank]
         rows = [ex for ex in examples for _ in range(group)]  # G contiguous copies per prompt
-        prompt_ids, prompt_attn = encode_prompts(
-            self.tokenizer, [self.task.prompt(ex, fmt) for ex in rows], self.device
-        )
+        texts = [self.task.prompt(ex, fmt) for ex in rows]
+        prompt_ids, prompt_attn = encode_prompts(self.tokenizer, texts, self.device, chat=lang.data.chat_template)
         with self._autocast():
             out = decode_and_score(
                 self.model, self.tokenizer, self.task, rows, prompt_ids, prompt_attn, lang.sampler, fmt, self.generator
@@ -326,6 +325,7 @@ class LanguageTrainer:
             return evaluate_policy(
                 self.model, self.tokenizer, self.task, self.source.eval_examples, lang.sampler,
                 lang.data.prompt_format, batch_size=lang.eval_batch_size, device=self.device,
+                chat=lang.data.chat_template,
             )  # fmt: skip
 
     def drift_probe(self) -> dict[str, float]:

@@ -233,3 +233,23 @@ def test_drift_probe_reports_and_leaves_training_unchanged(tiny_cfg):
     assert {"drift/elbo", "drift/loglik", "drift/gap", "drift/grad_cosine"} <= set(probe)
     assert all(math.isfinite(probe[k]) for k in ("drift/elbo", "drift/loglik", "drift/gap"))
     assert same(plain.train_step(), probed.train_step())
+
+
+def test_chat_template_wraps_prompts_and_is_required(tiny_cfg):
+    from dipod.language.rollout import encode_prompts
+
+    trainer = LanguageTrainer(tiny_cfg)
+    with pytest.raises(ValueError, match="no chat template"):
+        encode_prompts(trainer.tokenizer, ["12"], "cpu", chat=True)
+
+    class FakeHF:
+        chat_template = "user/assistant"
+
+        def apply_chat_template(self, messages, *, add_generation_prompt, tokenize):
+            assert add_generation_prompt and not tokenize
+            return "9" + messages[0]["content"] + "9"
+
+    trainer.tokenizer.hf = FakeHF()
+    ids, attn = encode_prompts(trainer.tokenizer, ["12", "345"], "cpu", chat=True)
+    assert [trainer.tokenizer.decode(row) for row in ids] == ["9129", "93459"]
+    assert attn.sum(-1).tolist() == [4, 5]
