@@ -253,3 +253,9 @@ def test_chat_template_wraps_prompts_and_is_required(tiny_cfg):
     ids, attn = encode_prompts(trainer.tokenizer, ["12", "345"], "cpu", chat=True)
     assert [trainer.tokenizer.decode(row) for row in ids] == ["9129", "93459"]
     assert attn.sum(-1).tolist() == [4, 5]
+
+
+def test_eval_set_is_fixed_across_run_seeds():
+    a = LanguageTrainer(tiny_config(seed=1)).source.eval_examples
+    b = LanguageTrainer(tiny_config(seed=2)).source.eval_examples
+    assert a == b and len(a) == 8
