@@ -113,6 +113,7 @@ def test_same_seed_gives_identical_metrics():
 @pytest.mark.parametrize(
     "extra",
     [
+        {"vector_mode": "async", "num_envs": 2},
         {},
         {"self_distill_iterations": 2, "self_distill_batch_size": 32},
         {"policy": "gaussian", "objective": {"name": "fpo"}},
@@ -132,9 +133,9 @@ def test_resume_from_state_dict_is_bit_for_bit(extra):
     buffer.seek(0)
     resumed = ControlTrainer(_cfg(**dict(extra)))
     resumed.load_state_dict(torch.load(buffer, weights_only=False))
-    assert resumed.step == 2 and resumed.samples == 2 * NUM_ENVS * ROLLOUT + (
-        2 * NUM_ENVS * 8 if "self_distill_iterations" in extra else 0
-    )
+    envs = extra.get("num_envs", NUM_ENVS)
+    teacher_steps = 2 * envs * 8 if "self_distill_iterations" in extra else 0  # 2 iterations x 8 rollout steps
+    assert resumed.step == 2 and resumed.samples == 2 * envs * ROLLOUT + teacher_steps
     assert [resumed.train_step() for _ in range(2)] == expected[2:]
     resumed.close()
 
