@@ -74,4 +74,9 @@ if __name__ == "__main__":
     import json
     import sys
 
-    print(json.dumps(run(quick="--quick" in sys.argv), indent=1))
+    quick = "--quick" in sys.argv
+    result = {"name": "control_throughput", **run(quick), "quick": quick}
+    out = Path(__file__).resolve().parent / "results" / "control_throughput.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))

@@ -18,7 +18,11 @@ from dipod.config import RunConfig, load_config
 
 
 def run_curve(cfg: RunConfig, env_steps: int, log_path: Path, *, eval_at_end: bool = True) -> dict:
-    """Train until ``env_steps`` env steps; returns the curve (samples, episode_return) and timings."""
+    """Train until ``env_steps`` env steps; returns the curve (samples, episode_return) and timings.
+
+    With ``cfg.drift.every`` > 0 (flow policies) the drift probe (ELBO, exact log-likelihood, gap,
+    gradient cosine) is logged every that many steps.
+    """
     import torch
 
     from dipod.control.trainer import ControlTrainer
@@ -26,11 +30,16 @@ def run_curve(cfg: RunConfig, env_steps: int, log_path: Path, *, eval_at_end: bo
     torch.set_num_threads(1)
     trainer = ControlTrainer(cfg)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    samples, returns = [], []
+    samples, returns, drift = [], [], []
+    every = cfg.drift.every if cfg.control is not None and cfg.control.policy == "flow" else 0
     start = time.perf_counter()
     with log_path.open("w") as log:
         while trainer.samples < env_steps:
             metrics = trainer.train_step()
+            if every and trainer.step % every == 0:
+                probe = trainer.drift_probe()
+                metrics.update(probe)
+                drift.append({"samples": trainer.samples, **probe})
             row = {"step": trainer.step, "samples": trainer.samples, "time_s": time.perf_counter() - start, **metrics}
             log.write(json.dumps(row) + "\n")
             log.flush()
@@ -45,6 +54,7 @@ def run_curve(cfg: RunConfig, env_steps: int, log_path: Path, *, eval_at_end: bo
         "env_steps": trainer.samples,
         "wall_s": time.perf_counter() - start,
         "self_distill_s": trainer.self_distill_time_s,
+        "drift": drift,
     }
     if eval_at_end:
         result.update(trainer.evaluate())
