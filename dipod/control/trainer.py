@@ -412,9 +412,10 @@ class ControlTrainer:
                 "probe": self.gen_probe.get_state(),
             },
             "envs": snapshot_vector_env(self.envs),
-            "obs": self._obs.copy(),
-            "ep_return": self._ep_return.copy(),
-            "ep_length": self._ep_length.copy(),
+            # Tensors, bytes and plain Python only, so torch.load(..., weights_only=True) reads it back.
+            "obs": torch.from_numpy(self._obs.copy()),
+            "ep_return": torch.from_numpy(self._ep_return.copy()),
+            "ep_length": torch.from_numpy(self._ep_length.copy()),
             "finished": list(self._finished),
             "self_distill_done": self._self_distill_done,
             "last_batch": None if self._last_batch is None else {k: v.clone() for k, v in self._last_batch.items()},
@@ -433,9 +434,9 @@ class ControlTrainer:
         self.gen_update.set_state(state["generators"]["update"])
         self.gen_probe.set_state(state["generators"]["probe"])
         restore_vector_env(self.envs, state["envs"])
-        self._obs = np.array(state["obs"], dtype=np.float32)
-        self._ep_return = np.array(state["ep_return"], dtype=np.float64)
-        self._ep_length = np.array(state["ep_length"], dtype=np.int64)
+        self._obs = state["obs"].numpy().astype(np.float32)
+        self._ep_return = state["ep_return"].numpy().astype(np.float64)
+        self._ep_length = state["ep_length"].numpy().astype(np.int64)
         self._finished = deque((tuple(x) for x in state["finished"]), maxlen=RETURN_WINDOW)
         self._self_distill_done = bool(state["self_distill_done"])
         last = state.get("last_batch")

@@ -132,7 +132,7 @@ def test_resume_from_state_dict_is_bit_for_bit(extra):
     first.close()
     buffer.seek(0)
     resumed = ControlTrainer(_cfg(**dict(extra)))
-    resumed.load_state_dict(torch.load(buffer, weights_only=False))
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
     envs = extra.get("num_envs", NUM_ENVS)
     teacher_steps = 2 * envs * 8 if "self_distill_iterations" in extra else 0  # 2 iterations x 8 rollout steps
     assert resumed.step == 2 and resumed.samples == 2 * envs * ROLLOUT + teacher_steps
