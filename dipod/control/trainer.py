@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections import deque
 
 import numpy as np
@@ -183,8 +184,6 @@ class ControlTrainer:
         return torch.cat(obs_list).clone(), torch.cat(act_list).clone()
 
     def _run_self_distill(self) -> dict[str, float]:
-        import time
-
         cc = self.cc
         start = time.perf_counter()
         assert isinstance(self.actor, FlowPolicy)
@@ -358,7 +357,7 @@ class ControlTrainer:
         if not isinstance(self.actor, FlowPolicy):
             raise ValueError("drift_probe needs a flow policy (the Gaussian baseline's likelihood is exact)")
         if self._last_batch is None:
-            self.train_step_rollout_only()
+            self._fill_probe_batch()
         assert self._last_batch is not None
         b = self._last_batch
         size = min(self.cfg.drift.probe_size, b["obs"].shape[0])
@@ -382,7 +381,7 @@ class ControlTrainer:
             "drift/grad_cosine": float(cosine),
         }
 
-    def train_step_rollout_only(self) -> None:
+    def _fill_probe_batch(self) -> None:
         """Fill the drift probe's batch with one rollout and its advantages, without updating."""
         roll = self._rollout()
         advantages, _ = gae(

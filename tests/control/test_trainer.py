@@ -3,6 +3,7 @@
 import io
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -149,4 +150,31 @@ def test_drift_probe_reports_gap_and_cosine():
     assert set(probe) == {"drift/elbo", "drift/loglik", "drift/gap", "drift/grad_cosine"}
     assert probe["drift/gap"] == pytest.approx(probe["drift/loglik"] - probe["drift/elbo"], abs=1e-5)
     assert -1.0 <= probe["drift/grad_cosine"] <= 1.0
+    trainer.close()
+
+
+def test_truncated_steps_bootstrap_from_the_final_observation():
+    # Pendulum truncates every episode at step 200; with same-step autoreset the returned observation
+    # is the reset one, so the rollout must value the final observation from the info instead.
+    trainer = ControlTrainer(_cfg(num_envs=2, rollout_steps=200))
+    captured = {}
+    step = trainer.envs.step
+
+    def spy(actions):
+        out = step(actions)
+        captured["obs"], captured["infos"] = out[0], out[4]
+        return out
+
+    trainer.envs.step = spy
+    roll = trainer._rollout()
+    assert roll["truncated"][-1].all() and not roll["truncated"][:-1].any()
+    with torch.no_grad():
+        final = torch.as_tensor(np.stack(captured["infos"]["final_obs"]), dtype=torch.float32)
+        reset = torch.as_tensor(captured["obs"], dtype=torch.float32)
+        v_final = trainer.critic(trainer._normalize(final))
+        v_reset = trainer.critic(trainer._normalize(reset))
+    assert torch.equal(roll["next_values"][-1], v_final)
+    assert not torch.equal(roll["next_values"][-1], v_reset)
+    # The reset observation is where the next rollout starts.
+    np.testing.assert_array_equal(trainer._obs, captured["obs"])
     trainer.close()
