@@ -92,6 +92,54 @@ class SamplerConfig(BaseModel):
         return self
 
 
+class DataConfig(BaseModel):
+    """Where a language run's prompts come from and in which format they are shown."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    train_path: str | None = None
+    """Training examples (.jsonl, .json, .csv, .parquet in the task's public format); None generates fresh
+    examples every step (sudoku, countdown only)."""
+    eval_path: str | None = None
+    """Evaluation examples; None generates a fixed set from ``eval_seed`` (sudoku, countdown only)."""
+    eval_size: int = Field(64, ge=1)
+    """Evaluation examples used (the first ``eval_size`` of the file, or this many generated)."""
+    eval_seed: int = 1234
+    """Seed of the generated evaluation set, apart from the run seed so every run sees the same set."""
+    prompt_format: Literal["compact", "d1"] = "compact"
+    """compact: bare task strings for the tiny model (Sudoku: 16 digits -> 16 digits); d1: the
+    reasoning/answer XML format for real LLMs."""
+    sudoku_min_blanks: int = Field(6, ge=1, le=13)
+    sudoku_max_blanks: int = Field(10, ge=1, le=13)
+    countdown_numbers: int = Field(3, ge=2, le=5)
+    countdown_max_number: int = Field(9, ge=1)
+    countdown_max_target: int = Field(99, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DataConfig:
+        if self.sudoku_min_blanks > self.sudoku_max_blanks:
+            raise ValueError(
+                f"data.sudoku_min_blanks = {self.sudoku_min_blanks} > data.sudoku_max_blanks = {self.sudoku_max_blanks}"
+            )
+        return self
+
+
+class SFTConfig(BaseModel):
+    """Supervised pre-training of a base policy with the masked-diffusion loss (-ELBO per token)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(50, ge=0)
+    elbo_draws: int = Field(1, ge=1)
+    """Masking draws per example and step."""
+    eval_every: int = Field(0, ge=0)
+    """Greedy-decode the evaluation set every this many steps; 0 only at the end."""
+
+
 class LanguageConfig(BaseModel):
     """Model, task, sampler and rollout settings of a language run."""
 
@@ -110,3 +158,29 @@ class LanguageConfig(BaseModel):
     """The masked diffusion LM and its tokenizer."""
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     """Rollout decoding."""
+    data: DataConfig = Field(default_factory=DataConfig)
+    """Training and evaluation examples."""
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    """Supervised pre-training (``dipod sft``)."""
+    micro_batch_size: int | None = Field(None, ge=1)
+    """Completions per forward/backward pass (gradient accumulation); None: all of a process's batch."""
+    elbo_scheme: Literal["count", "round", "bernoulli", "d1"] = "count"
+    """How the ELBO draws pick the masked tokens (``dipod.bounds.masked.draw_masks``)."""
+    spg_block_length: int = Field(32, ge=1)
+    """SPG block_random masking: block length."""
+    prompt_mask_prob: float = Field(0.15, ge=0, lt=1)
+    """diffu-GRPO / SPG: probability of masking each prompt token in the stored draws."""
+    eval_batch_size: int = Field(64, ge=1)
+    """Prompts decoded together in ``evaluate``."""
+
+    @model_validator(mode="after")
+    def _task_data(self) -> LanguageConfig:
+        from dipod.language.tasks import TASKS
+
+        if self.task not in TASKS:
+            raise ValueError(f"language.task = {self.task!r} is not a task; choose one of: {', '.join(sorted(TASKS))}")
+        if TASKS[self.task].generate is None:
+            for key in ("train_path", "eval_path"):
+                if getattr(self.data, key) is None:
+                    raise ValueError(f"language.data.{key} must be set: task {self.task!r} has no generator")
+        return self

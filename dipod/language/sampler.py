@@ -43,6 +43,9 @@ class SampleOut:
     """P: the completion is ``tokens[:, P:]``."""
     nfe: int
     """Number of function evaluations: batched forward passes of the model."""
+    row_nfe: torch.Tensor
+    """(B,) long: the forward passes each row needed, i.e. those in which it still had masked tokens in the
+    current block and had not finished at an EOS; what ``nfe`` would be if the row were decoded alone."""
 
     @property
     def completion(self) -> torch.Tensor:
@@ -70,18 +73,17 @@ def num_transfer_tokens(block_masked: torch.Tensor, steps: int) -> torch.Tensor:
 def gumbel_argmax(logits: torch.Tensor, *, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
     """Sample argmax(logits / temperature + Gumbel noise), i.e. from softmax(logits / temperature).
 
+    Gumbel noise is -log E with E ~ Exp(1) (E = -log u), so this is argmax(logits / T - log E).
     The noise is float64: with low-precision noise, Gumbel-max sampling is biased towards the
-    top tokens (the rounding of -log(-log u) near u = 1 matters, arXiv:2409.02908).
-    Temperature 0 is the plain argmax.
+    top tokens (arXiv:2409.02908, as LLaDA notes). Temperature 0 is the plain argmax.
 
     Args:
         logits: (..., V). Returns (...) long.
     """
     if temperature == 0:
         return logits.argmax(-1)
-    u = torch.rand(logits.shape, dtype=torch.float64, generator=generator, device=logits.device)
-    gumbel = -torch.log(-torch.log(u.clamp(min=torch.finfo(torch.float64).tiny)))
-    return (logits.double() / temperature + gumbel).argmax(-1)
+    exp_noise = torch.empty(logits.shape, dtype=torch.float64, device=logits.device).exponential_(generator=generator)
+    return (logits.double() / temperature - exp_noise.log()).argmax(-1)
 
 
 def top_k_mask(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -195,6 +197,8 @@ def generate(
     num_blocks = gen_length // block_length
     steps_per_block = None if remasking == "threshold" else steps // num_blocks
     nfe = 0
+    row_nfe = torch.zeros(batch, dtype=torch.long, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
     for block in range(num_blocks):
         lo = prompt_length + block * block_length
         hi = lo + block_length
@@ -215,6 +219,7 @@ def generate(
                 break
             logits = model(x, attn)[:, lo:hi].float()  # (B, Lb, V)
             nfe += 1
+            row_nfe += (block_masked.any(-1) & ~finished).long()
             # A decoded token is never the mask token (an untrained model may well prefer it).
             logits[..., mask_id] = -torch.inf
             proposal = gumbel_argmax(logits, temperature=temperature, generator=generator)  # (B, Lb)
@@ -231,10 +236,12 @@ def generate(
                 transfer = (confidence >= threshold) | most_confident
             transfer &= block_masked  # (B, Lb)
             x[:, lo:hi] = torch.where(transfer, proposal, x[:, lo:hi])
-            if stop_at_eos and bool(rows_finished(x[:, prompt_length:], mask_id=mask_id, eos_id=eos_id).all()):
-                x[:, prompt_length:] = x[:, prompt_length:].masked_fill(x[:, prompt_length:] == mask_id, eos_id)
-                return SampleOut(tokens=x, prompt_length=prompt_length, nfe=nfe)
-    return SampleOut(tokens=x, prompt_length=prompt_length, nfe=nfe)
+            if stop_at_eos:
+                finished = rows_finished(x[:, prompt_length:], mask_id=mask_id, eos_id=eos_id)
+                if bool(finished.all()):
+                    x[:, prompt_length:] = x[:, prompt_length:].masked_fill(x[:, prompt_length:] == mask_id, eos_id)
+                    return SampleOut(tokens=x, prompt_length=prompt_length, nfe=nfe, row_nfe=row_nfe)
+    return SampleOut(tokens=x, prompt_length=prompt_length, nfe=nfe, row_nfe=row_nfe)
 
 
 def sample(

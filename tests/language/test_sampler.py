@@ -251,8 +251,23 @@ def test_threshold_nfe_between_blocks_and_length():
     ids, _ = prompts()
     sure = run(ToyModel(32, scale=50.0), ids, remasking="threshold", threshold=0.9)
     assert sure.nfe == 2  # every token certain: one step per block (2 blocks)
+    assert (sure.row_nfe == 2).all()
     unsure = run(ToyModel(32, scale=1e-3), ids, remasking="threshold", threshold=0.9)
     assert unsure.nfe == 8  # nothing confident: one forced token per step
+    assert (unsure.row_nfe == 8).all()
+
+
+def test_row_nfe_is_the_nfe_of_decoding_each_row_alone():
+    ids, attn = prompts()
+    kw = dict(gen_length=16, block_length=8, remasking="threshold", threshold=0.6)
+    batched = run(ToyModel(40, scale=2.0), ids, **kw)
+    alone = [run(ToyModel(40, scale=2.0), ids[i : i + 1], **kw) for i in range(ids.shape[0])]
+    assert batched.row_nfe.tolist() == [a.nfe for a in alone]
+    assert batched.nfe == int(batched.row_nfe.max()) > int(batched.row_nfe.min())  # rows differ: a real test
+    for i, a in enumerate(alone):
+        assert torch.equal(batched.tokens[i], a.tokens[0])
+    fixed = run(ToyModel(32), ids, attn, steps=8)
+    assert (fixed.row_nfe == fixed.nfe).all()
 
 
 # --------------------------------------------------------------------------- EOS stop

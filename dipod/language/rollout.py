@@ -1,0 +1,155 @@
+"""Rollout helpers shared by SFT, the RL trainer and evaluation: examples, encoding, decoding and scoring.
+
+Shape legend: B completions (prompts x G), P prompt length, L completion length (gen_length).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dipod.bounds.masked import completion_valid_mask
+from dipod.language.config import DataConfig, SamplerConfig
+from dipod.language.sampler import sample
+from dipod.language.tasks import Task, get_task
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def resolve_path(path: str | None) -> str | None:
+    """``path`` as given if it exists, else relative to the installed package for ``dipod/...`` paths.
+
+    Configs name shipped files as ``dipod/assets/...``; this finds them from any working directory.
+    """
+    if path is None or Path(path).exists():
+        return path
+    parts = Path(path).parts
+    if parts and parts[0] == "dipod":
+        candidate = PACKAGE_ROOT.joinpath(*parts[1:])
+        if candidate.exists():
+            return str(candidate)
+    return path
+
+
+class ExampleSource:
+    """Training prompts (fresh generated examples, or uniform draws from a file) and the fixed eval set."""
+
+    def __init__(self, task: Task, data: DataConfig) -> None:
+        self.task = task
+        self.data = data
+        self.train_pool = task.load(resolve_path(data.train_path)) if data.train_path else None
+        if data.eval_path:
+            self.eval_examples = task.load(resolve_path(data.eval_path))[: data.eval_size]
+        else:
+            self.eval_examples = self.generate(data.eval_size, np.random.default_rng(data.eval_seed))
+
+    def generate(self, n: int, rng: np.random.Generator) -> list[Any]:
+        """``n`` fresh examples from the task's generator with the configured difficulty."""
+        d = self.data
+        if self.task.generate is None:
+            raise ValueError(f"task {self.task.name!r} has no generator; set language.data.train_path/eval_path")
+        if self.task.name == "sudoku":
+            return self.task.generate(n, rng, min_blanks=d.sudoku_min_blanks, max_blanks=d.sudoku_max_blanks)
+        if self.task.name == "countdown":
+            return self.task.generate(
+                n, rng, num_numbers=d.countdown_numbers, max_number=d.countdown_max_number,
+                max_target=d.countdown_max_target,
+            )  # fmt: skip
+        return self.task.generate(n, rng)
+
+    def draw(self, n: int, rng: np.random.Generator) -> list[Any]:
+        """``n`` training examples: generated, or drawn uniformly with replacement from the file."""
+        if self.train_pool is None:
+            return self.generate(n, rng)
+        idx = rng.integers(len(self.train_pool), size=n)
+        return [self.train_pool[i] for i in idx]
+
+
+def encode_prompts(tokenizer: Any, texts: list[str], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompt ids (B, P) and attention mask (B, P) bool, so completions start at one column."""
+    ids, attn = tokenizer.batch_encode(texts, padding_side="left")
+    return ids.to(device), attn.to(device)
+
+
+def encode_targets(tokenizer: Any, texts: list[str], length: int, device: torch.device | str) -> torch.Tensor:
+    """(B, L) completion ids: each target, then EOS filling the rest (LLaDA's SFT padding); cut at L."""
+    rows = [(tokenizer.encode(t) + [tokenizer.eos_token_id] * length)[:length] for t in texts]
+    return torch.tensor(rows, dtype=torch.long, device=device)
+
+
+@dataclass
+class Decoded:
+    """Completions of one batch of prompts, decoded and scored."""
+
+    completion_ids: torch.Tensor
+    """(B, L) long."""
+    valid: torch.Tensor
+    """(B, L) bool: tokens up to and including the first EOS."""
+    texts: list[str]
+    rewards: np.ndarray
+    """(B,) float64."""
+    accuracy: np.ndarray
+    """(B,) float64."""
+    nfe: int
+
+
+def decode_and_score(
+    model: Any,
+    tokenizer: Any,
+    task: Task,
+    examples: list[Any],
+    prompt_ids: torch.Tensor,
+    prompt_attn: torch.Tensor,
+    sampler: SamplerConfig,
+    fmt: str,
+    generator: torch.Generator | None,
+) -> Decoded:
+    """Sample a completion for every prompt row (rows of ``examples`` in order) and score it."""
+    with torch.inference_mode():
+        out = sample(model, prompt_ids, sampler, attention_mask=prompt_attn, generator=generator)
+    completion_ids = out.completion.clone()  # a normal tensor: inference tensors cannot enter autograd later
+    valid = completion_valid_mask(completion_ids, tokenizer.eos_token_id)
+    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    rewards, accuracy = task.score(texts, examples, fmt)
+    return Decoded(completion_ids, valid, texts, rewards, accuracy, out.nfe)
+
+
+def evaluate_policy(
+    model: Any,
+    tokenizer: Any,
+    task: Task | str,
+    examples: list[Any],
+    sampler: SamplerConfig,
+    fmt: str,
+    *,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """Greedy decoding (temperature 0) on a fixed example set: eval/accuracy, eval/reward,
+    eval/effective_tokens (valid completion tokens, EOS included) and eval/nfe (forward passes per batch)."""
+    task = get_task(task) if isinstance(task, str) else task
+    greedy = sampler.model_copy(update={"temperature": 0.0, "remasking": _greedy_remasking(sampler)})
+    rewards, accuracy, tokens, nfes = [], [], [], []
+    for start in range(0, len(examples), batch_size):
+        batch = examples[start : start + batch_size]
+        prompt_ids, prompt_attn = encode_prompts(tokenizer, [task.prompt(ex, fmt) for ex in batch], device)
+        out = decode_and_score(model, tokenizer, task, batch, prompt_ids, prompt_attn, greedy, fmt, None)
+        rewards.append(out.rewards)
+        accuracy.append(out.accuracy)
+        tokens.append(out.valid.sum(-1).float().cpu().numpy())
+        nfes.append(out.nfe)
+    return {
+        "eval/accuracy": float(np.concatenate(accuracy).mean()),
+        "eval/reward": float(np.concatenate(rewards).mean()),
+        "eval/effective_tokens": float(np.concatenate(tokens).mean()),
+        "eval/nfe": float(np.mean(nfes)),
+    }
+
+
+def _greedy_remasking(sampler: SamplerConfig) -> str:
+    """Random remasking needs randomness; greedy evaluation uses low-confidence remasking instead."""
+    return "low_confidence" if sampler.remasking == "random" else sampler.remasking
