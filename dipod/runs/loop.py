@@ -322,6 +322,8 @@ def run_training(
     finally:
         metrics.close()
         board.close()
+        if hasattr(trainer, "close"):  # vector envs with worker processes
+            trainer.close()
         summary = _summary(cfg, status, trainer, elapsed(), rows)
         _write_json(run_dir / "summary.json", summary)
     return RunResult(run_dir, status, trainer.step, summary)
