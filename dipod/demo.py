@@ -82,7 +82,7 @@ def run_demo(
     from dipod.diagnostics.report import write_report
     from dipod.runs import run_training
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     say = console.print if not quiet else (lambda *a, **k: None)
     out = Path(out)
     runs = demo_configs(budget, domains)
@@ -96,7 +96,8 @@ def run_demo(
             f" -> {run_dir}",
             markup=False,
         )
-        run_training(cfg, run_dir, trainer_factory=trainers.build_trainer, resume=True, quiet=quiet)
+        resume = run_dir.exists()  # continue a demo that was cut short
+        run_training(cfg, run_dir, trainer_factory=trainers.build_trainer, resume=resume, quiet=quiet)
         run_dirs.append(run_dir)
     report_dir = out / "report"
     write_report(run_dirs, report_dir)
