@@ -26,7 +26,7 @@ OBJECTIVE_LABELS = {"fpo": "FPO", "fpo_pp": "FPO++", "spg": "SPG", "diffu_grpo":
 
 PLOTTED = {
     "reward_mean": "training reward (rollout mean per {reward_unit})",
-    "elbo_mean": "ELBO of rollout samples",
+    "elbo_mean": "ELBO estimate of rollout samples",
     "drift/gap": "log-likelihood − ELBO (nats)",
     "drift/grad_cosine": "cos(proxy grad, true PG)",
 }

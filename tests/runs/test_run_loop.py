@@ -183,3 +183,13 @@ def test_sigint_checkpoints_then_resume_matches(tmp_path):
     assert _without_time(read_metrics(tmp_path / "part" / "metrics.jsonl")) == _without_time(
         read_metrics(tmp_path / "full" / "metrics.jsonl")
     )
+
+
+def test_progress_bar_and_quiet(tmp_path, capsys):
+    cfg = fake_config(steps=3)
+    run_training(cfg, tmp_path / "loud", trainer_factory=FakeTrainer, quiet=False)
+    err = capsys.readouterr().err
+    final_reward = read_metrics(tmp_path / "loud" / "metrics.jsonl")[-1]["reward_mean"]
+    assert "3/3" in err and f"reward {final_reward:+.3f}" in err and "ETA" in err
+    run_training(cfg, tmp_path / "quiet", trainer_factory=FakeTrainer, quiet=True)
+    assert capsys.readouterr().err == ""
