@@ -110,17 +110,20 @@ def sft(
     typer.echo(f"sft finished: model and tokenizer in {out}{final}")
 
 
-def _resolve_checkpoint(target: Path) -> tuple[Path, Path | None]:
-    """(checkpoint file, run dir or None) for a run directory or a checkpoint path."""
-    from dipod.runs.checkpoint import list_checkpoints
+def _load_target(target: Path) -> tuple[Path, dict, Path | None]:
+    """(checkpoint file, its payload, run dir or None) for a checkpoint path or a run directory.
+
+    For a run directory the newest readable checkpoint is used, falling back past unreadable ones.
+    """
+    from dipod.runs.checkpoint import latest_checkpoint, load_checkpoint
 
     if target.is_file():
         run_dir = target.parent.parent if target.parent.name == "checkpoints" else None
-        return target, run_dir
-    found = list_checkpoints(target / "checkpoints")
-    if not found:
+        return target, load_checkpoint(target), run_dir
+    found = latest_checkpoint(target / "checkpoints", warn=lambda m: typer.echo(m, err=True))
+    if found is None:
         raise FileNotFoundError(f"{target} is neither a checkpoint file nor a run directory with checkpoints/")
-    return found[-1], target
+    return found[0], found[1], target
 
 
 @app.command("eval")
@@ -133,12 +136,11 @@ def eval_(
     """Evaluate a checkpoint (accuracy / return, reward, effective tokens, NFE) and write the metrics as JSON."""
     from dipod import trainers
     from dipod.config import ConfigError, apply_overrides, validate_config
-    from dipod.runs.checkpoint import CheckpointError, load_checkpoint
+    from dipod.runs.checkpoint import CheckpointError
     from dipod.runs.rng import set_global_rng_state
 
     try:
-        path, run_dir = _resolve_checkpoint(target)
-        payload = load_checkpoint(path)
+        path, payload, run_dir = _load_target(target)
     except (FileNotFoundError, CheckpointError) as exc:
         raise _fail(str(exc), 1) from None
     try:

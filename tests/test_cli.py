@@ -99,7 +99,7 @@ def test_train_eval_report(tmp_path):
 
 
 def test_in_process_paths(tmp_path, monkeypatch):
-    cfg = _config(tmp_path, steps=3)
+    cfg = _config(tmp_path, steps=4)  # checkpoints after steps 3 and 4
     run = tmp_path / "run"
     assert in_process(monkeypatch, "train", cfg, "--out", run, "--quiet").exit_code == 0
     again = in_process(monkeypatch, "train", cfg, "--out", run, "--quiet")
@@ -110,6 +110,11 @@ def test_in_process_paths(tmp_path, monkeypatch):
     assert result.exit_code == 0 and json.loads((tmp_path / "e.json").read_text())["step"] == 3
     assert "eval/reward" in result.output
     assert in_process(monkeypatch, "eval", tmp_path / "nothing").exit_code == 1
+    newest = run / "checkpoints" / "step_00000004.pt"
+    newest.write_bytes(newest.read_bytes()[:64])  # truncated: eval of the run dir falls back to step 3
+    result = in_process(monkeypatch, "eval", run, "--quiet")
+    assert result.exit_code == 0 and str(newest) in result.output and "falling back" in result.output
+    assert '"step": 3' in result.output
     result = in_process(monkeypatch, "report", tmp_path / "nothing", "--out", tmp_path / "r2")
     assert result.exit_code == 1 and "not a run directory" in result.output
 
