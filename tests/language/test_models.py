@@ -186,7 +186,9 @@ def test_left_padding_does_not_change_logits_of_real_tokens():
 
 
 def test_same_generator_same_weights_and_save_load_roundtrip(tmp_path):
+    global_state = torch.get_rng_state()
     a, tok = tiny()
+    assert torch.equal(torch.get_rng_state(), global_state), "building the model used the global RNG"
     b, _ = tiny()
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(pa, pb), name
@@ -314,6 +316,17 @@ def test_lora_step_changes_only_adapter_weights_and_disabled_adapter_is_the_base
         torch.testing.assert_close(ref(ids), base_logits)
     assert not torch.allclose(model(ids), base_logits)  # adapters back on after the block
     assert all(p.requires_grad for p in adapter_parameters(model).values())
+
+
+def test_lora_init_comes_from_the_generator():
+    global_state = torch.get_rng_state()
+    a, _ = tiny(finetune="lora")
+    b, _ = tiny(finetune="lora")
+    assert torch.equal(torch.get_rng_state(), global_state), "LoRA init used the global RNG"
+    lora_a = {n: p for n, p in adapter_parameters(a).items() if "lora_A" in n}
+    assert lora_a
+    for name, p in lora_a.items():
+        assert torch.equal(p, adapter_parameters(b)[name]) and p.abs().sum() > 0
 
 
 def test_lora_on_an_hf_model_with_its_own_module_names(tmp_path):
