@@ -201,7 +201,9 @@ def draw_block_random_masks(
     return MaskDraws(mask=mask, weight=weight, t=t, prompt_mask=prompt_mask)
 
 
-def masked_inputs(prompt_ids: torch.Tensor, completion_ids: torch.Tensor, draws: MaskDraws, mask_id: int) -> torch.Tensor:
+def masked_inputs(
+    prompt_ids: torch.Tensor, completion_ids: torch.Tensor, draws: MaskDraws, mask_id: int
+) -> torch.Tensor:
     """(B, K, T) noisy sequences: prompt + completion with the drawn positions set to ``mask_id``."""
     batch, num_draws = draws.mask.shape[:2]
     prompt = prompt_ids[:, None, :].expand(batch, num_draws, -1)
@@ -213,12 +215,16 @@ def masked_inputs(prompt_ids: torch.Tensor, completion_ids: torch.Tensor, draws:
 
 
 def token_logprobs_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[targets] in float32 without materialising the full (.., V) log-softmax.
+    """log softmax(logits)[targets] without materialising the full (..., V) log-softmax.
+
+    Half-precision logits are upcast to float32 first: log-sum-exp over a large vocabulary in bf16
+    loses the small differences the ratio depends on.
 
     Args:
-        logits: (..., V). targets: (...) long. Returns (...) float32.
+        logits: (..., V). targets: (...) long. Returns (...) in float32 or wider.
     """
-    logits = logits.float()
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
     picked = logits.gather(-1, targets[..., None]).squeeze(-1)
     return picked - torch.logsumexp(logits, dim=-1)
 
@@ -415,4 +421,3 @@ def exact_loglik(
         logits_fn, prompt_ids, completion_ids, valid, orders, mask_id=mask_id, attention_mask=attention_mask
     )
     return order_iw_loglik(loglik)
-

@@ -109,6 +109,9 @@ class DataConfig(BaseModel):
     prompt_format: Literal["compact", "d1"] = "compact"
     """compact: bare task strings for the tiny model (Sudoku: 16 digits -> 16 digits); d1: the
     reasoning/answer XML format for real LLMs."""
+    chat_template: bool = False
+    """Wrap each prompt as a user message with the tokenizer's chat template (instruction-tuned HF models
+    such as LLaDA-8B-Instruct, as d1 does); the built-in tokenizer has none."""
     sudoku_min_blanks: int = Field(6, ge=1, le=13)
     sudoku_max_blanks: int = Field(10, ge=1, le=13)
     countdown_numbers: int = Field(3, ge=2, le=5)
@@ -162,6 +165,10 @@ class LanguageConfig(BaseModel):
     """Training and evaluation examples."""
     sft: SFTConfig = Field(default_factory=SFTConfig)
     """Supervised pre-training (``dipod sft``)."""
+    normalize_advantages: bool = False
+    """Divide group advantages by the group's reward std (GRPO). The release does not (d1, SPG); the tiny
+    configs do, so that DiPOD's beta = 0.05 weighs against advantages of unit scale, as it does against
+    GSM8K's 0-4.5 rewards, rather than against Sudoku's 0-1 fractions."""
     micro_batch_size: int | None = Field(None, ge=1)
     """Completions per forward/backward pass (gradient accumulation); None: all of a process's batch."""
     elbo_scheme: Literal["count", "round", "bernoulli", "d1"] = "count"

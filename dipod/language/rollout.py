@@ -69,8 +69,22 @@ class ExampleSource:
         return [self.train_pool[i] for i in idx]
 
 
-def encode_prompts(tokenizer: Any, texts: list[str], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded prompt ids (B, P) and attention mask (B, P) bool, so completions start at one column."""
+def encode_prompts(
+    tokenizer: Any, texts: list[str], device: torch.device | str, *, chat: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompt ids (B, P) and attention mask (B, P) bool, so completions start at one column.
+
+    With ``chat`` each text becomes a user message under the tokenizer's chat template, followed by the
+    assistant's turn header (``add_generation_prompt``).
+    """
+    if chat:
+        hf = getattr(tokenizer, "hf", None)
+        if hf is None or getattr(hf, "chat_template", None) is None:
+            raise ValueError("language.data.chat_template is set but the tokenizer has no chat template")
+        texts = [
+            hf.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False)
+            for t in texts
+        ]
     ids, attn = tokenizer.batch_encode(texts, padding_side="left")
     return ids.to(device), attn.to(device)
 
@@ -113,7 +127,9 @@ def decode_and_score(
         out = sample(model, prompt_ids, sampler, attention_mask=prompt_attn, generator=generator)
     completion_ids = out.completion.clone()  # a normal tensor: inference tensors cannot enter autograd later
     valid = completion_valid_mask(completion_ids, tokenizer.eos_token_id)
-    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    before_eos = completion_valid_mask(completion_ids, tokenizer.eos_token_id, include_eos=False)
+    # The text ends at the first EOS: what follows is filler, and must not shift positional answers.
+    texts = tokenizer.batch_decode(completion_ids.masked_fill(~before_eos, tokenizer.eos_token_id))
     rewards, accuracy = task.score(texts, examples, fmt)
     return Decoded(completion_ids, valid, texts, rewards, accuracy, out.nfe)
 
@@ -128,6 +144,7 @@ def evaluate_policy(
     *,
     batch_size: int = 64,
     device: torch.device | str = "cpu",
+    chat: bool = False,
 ) -> dict[str, float]:
     """Greedy decoding (temperature 0) on a fixed example set: eval/accuracy, eval/reward,
     eval/effective_tokens (valid completion tokens, EOS included) and eval/nfe (forward passes per batch)."""
@@ -136,7 +153,7 @@ def evaluate_policy(
     rewards, accuracy, tokens, nfes = [], [], [], []
     for start in range(0, len(examples), batch_size):
         batch = examples[start : start + batch_size]
-        prompt_ids, prompt_attn = encode_prompts(tokenizer, [task.prompt(ex, fmt) for ex in batch], device)
+        prompt_ids, prompt_attn = encode_prompts(tokenizer, [task.prompt(ex, fmt) for ex in batch], device, chat=chat)
         out = decode_and_score(model, tokenizer, task, batch, prompt_ids, prompt_attn, greedy, fmt, None)
         rewards.append(out.rewards)
         accuracy.append(out.accuracy)

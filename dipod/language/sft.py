@@ -33,10 +33,18 @@ from dipod.optim import clip_and_step, loss_is_finite
 
 
 def sft_tensors(
-    tokenizer: Any, task: Task, examples: list[Any], fmt: str, gen_length: int, device: torch.device | str
+    tokenizer: Any,
+    task: Task,
+    examples: list[Any],
+    fmt: str,
+    gen_length: int,
+    device: torch.device | str,
+    *,
+    chat: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Prompt ids (B, P), prompt attention mask (B, P) and EOS-padded target completions (B, L)."""
-    prompt_ids, prompt_attn = encode_prompts(tokenizer, [task.prompt(ex, fmt) for ex in examples], device)
+    texts = [task.prompt(ex, fmt) for ex in examples]
+    prompt_ids, prompt_attn = encode_prompts(tokenizer, texts, device, chat=chat)
     targets = [task.target(ex, fmt) for ex in examples]
     return prompt_ids, prompt_attn, encode_targets(tokenizer, targets, gen_length, device)
 
@@ -103,7 +111,13 @@ def train_sft(
         for group in optimizer.param_groups:
             group["lr"] = lang.sft.lr * _lr_factor(step, lang.sft.warmup_steps)
         batch = sft_tensors(
-            tokenizer, task, source.draw(lang.sft.batch_size, rng), fmt, lang.sampler.gen_length, device
+            tokenizer,
+            task,
+            source.draw(lang.sft.batch_size, rng),
+            fmt,
+            lang.sampler.gen_length,
+            device,
+            chat=lang.data.chat_template,
         )
         loss = masked_diffusion_loss(model, *batch, num_draws=lang.sft.elbo_draws, generator=mask_gen)
         row: dict[str, float] = {"step": step + 1, "loss": float(loss.detach()), "time_s": time.perf_counter() - start}
@@ -118,7 +132,7 @@ def train_sft(
             row.update(
                 evaluate_policy(
                     model, tokenizer, task, source.eval_examples, lang.sampler, fmt,
-                    batch_size=lang.eval_batch_size, device=device,
+                    batch_size=lang.eval_batch_size, device=device, chat=lang.data.chat_template,
                 )
             )  # fmt: skip
         history.append(row)

@@ -3,10 +3,13 @@
 One ``train_step`` reads top to bottom:
 
 1. draw prompts (the same global draw on every process; each takes its shard), G completions per
-   prompt with the sampler (inference mode), rewards from the task, A = r - mean_group(r);
+   prompt with the sampler (inference mode), rewards from the task, A = r - mean_group(r)
+   (divided by the group std with ``language.normalize_advantages``);
 2. draw and store the noise the objective needs (``Objective.draws``): ELBO masks, SPG's
    block_random masks, or diffu-GRPO's one-step masks; the same draws score the old, new and
-   reference policies (common random numbers, so rho == 1 exactly at the first inner update);
+   reference policies (common random numbers, so rho == 1 exactly at the first inner update). The
+   draws are kept for all mu inner updates, also for SPG, whose release draws a new mask per inner
+   iteration (SPG has no ratio, so only the noise of its estimate differs);
 3. old (and reference) token log-probabilities once, without gradient;
 4. mu inner updates: one forward pass per micro-batch gives the new ``MaskedScores``; the loss is the
    registered objective + ``dipod_term(out.elbo, beta)`` + the reference term, gradients are
@@ -130,6 +133,9 @@ class LanguageTrainer:
         self.train_model = self.accelerator.prepare_model(self.model) if self.world > 1 else self.model
         self.np_rng = np.random.default_rng(cfg.seed)  # prompt draws: identical on every process
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 7919 * (self.rank + 1))
+        # The drift probe has its own streams, so training draws are the same whether or not it runs.
+        self.probe_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 104729 * (self.rank + 1))
+        self.probe_rng = np.random.default_rng(cfg.seed + 1)
         self.step = 0
         self.samples = 0
         self.bad_steps = 0
@@ -144,9 +150,8 @@ class LanguageTrainer:
         per_rank = lang.prompts_per_step // self.world
         examples = examples[self.rank * per_rank : (self.rank + 1) * per_rank]
         rows = [ex for ex in examples for _ in range(group)]  # G contiguous copies per prompt
-        prompt_ids, prompt_attn = encode_prompts(
-            self.tokenizer, [self.task.prompt(ex, fmt) for ex in rows], self.device
-        )
+        texts = [self.task.prompt(ex, fmt) for ex in rows]
+        prompt_ids, prompt_attn = encode_prompts(self.tokenizer, texts, self.device, chat=lang.data.chat_template)
         with self._autocast():
             out = decode_and_score(
                 self.model, self.tokenizer, self.task, rows, prompt_ids, prompt_attn, lang.sampler, fmt, self.generator
@@ -157,7 +162,7 @@ class LanguageTrainer:
             prompt_attn=prompt_attn,
             completion_ids=out.completion_ids,
             valid=out.valid,
-            adv=group_advantages(rewards, group),
+            adv=group_advantages(rewards, group, normalize_std=lang.normalize_advantages),
             draws=self._draw(out.valid, prompt_attn),
         )
         if self.objective.draws == "one_step" and self.cfg.objective.dipod_beta > 0:
@@ -320,7 +325,15 @@ class LanguageTrainer:
             return evaluate_policy(
                 self.model, self.tokenizer, self.task, self.source.eval_examples, lang.sampler,
                 lang.data.prompt_format, batch_size=lang.eval_batch_size, device=self.device,
+                chat=lang.data.chat_template,
             )  # fmt: skip
+
+    def drift_probe(self) -> dict[str, float]:
+        """Double-drift metrics on fresh completions (drift/elbo, drift/loglik, drift/gap, drift/grad_cosine)."""
+        from dipod.diagnostics.drift import language_trainer_drift_probe
+
+        with self._autocast():
+            return language_trainer_drift_probe(self, self.probe_generator, self.probe_rng)
 
     def state_dict(self) -> dict:
         """Everything needed to continue bit for bit: trainable weights, optimiser, generators, counters."""
@@ -330,6 +343,8 @@ class LanguageTrainer:
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "np_rng": self.np_rng.bit_generator.state,
+            "probe_generator": self.probe_generator.get_state(),
+            "probe_rng": self.probe_rng.bit_generator.state,
             "step": self.step,
             "samples": self.samples,
             "bad_steps": self.bad_steps,
@@ -351,6 +366,8 @@ class LanguageTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         self.np_rng.bit_generator.state = state["np_rng"]
+        self.probe_generator.set_state(state["probe_generator"])
+        self.probe_rng.bit_generator.state = state["probe_rng"]
         self.step, self.samples, self.bad_steps = state["step"], state["samples"], state["bad_steps"]
         if self.reference is not None and "reference" in state:
             self.reference.load_state_dict(state["reference"])

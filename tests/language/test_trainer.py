@@ -181,3 +181,75 @@ def test_unknown_key_names_it(tmp_path):
     bad.write_text("domain: language\nlanguage:\n  task: sudoku\n  data:\n    eval_sise: 3\n")
     with pytest.raises(ConfigError, match=r"language\.data\.eval_sise"):
         load_config(bad)
+
+
+def test_trains_from_a_data_file_in_the_d1_format():
+    """Countdown prompts read from the shipped JSONL, shown in the d1 format (long prompts, left padding)."""
+    from dipod.language.config import DEFAULT_CHARSET
+
+    cfg = tiny_config(
+        language={
+            "task": "countdown",
+            "model": {"charset": DEFAULT_CHARSET, "max_seq_len": 512},
+            "data": {
+                "prompt_format": "d1",
+                "train_path": "dipod/assets/data/countdown.jsonl",
+                "eval_path": "dipod/assets/data/countdown.parquet",
+                "eval_size": 3,
+            },
+        }
+    )
+    trainer = LanguageTrainer(cfg)
+    assert len(trainer.source.eval_examples) == 3
+    metrics = trainer.train_step()
+    assert math.isfinite(metrics["loss"]) and 0.0 <= metrics["reward_mean"] <= 1.0
+
+
+def test_completion_text_ends_at_the_first_eos(tiny_cfg, monkeypatch):
+    import dipod.language.rollout as rollout
+    from dipod.language.sampler import SampleOut
+
+    trainer = LanguageTrainer(tiny_cfg)
+    tok = trainer.tokenizer
+    ex = trainer.source.eval_examples[0]
+    ids = torch.tensor([[*tok.encode(ex.solution[:8]), tok.eos_token_id, *tok.encode(ex.solution[8:15])]])
+
+    def fixed(model, prompt_ids, cfg, *, attention_mask, generator):
+        return SampleOut(
+            tokens=torch.cat([prompt_ids, ids], 1), prompt_length=prompt_ids.shape[1], nfe=1, row_nfe=torch.ones(1)
+        )
+
+    monkeypatch.setattr(rollout, "sample", fixed)
+    prompt_ids, attn = rollout.encode_prompts(tok, [ex.puzzle], "cpu")
+    out = rollout.decode_and_score(trainer.model, tok, trainer.task, [ex], prompt_ids, attn, None, "compact", None)
+    assert out.texts == [ex.solution[:8]]
+    assert out.valid.sum() == 9  # eight digits and the EOS
+
+
+def test_drift_probe_reports_and_leaves_training_unchanged(tiny_cfg):
+    cfg = tiny_cfg.model_copy(update={"drift": tiny_cfg.drift.model_copy(update={"probe_size": 4, "num_orders": 4})})
+    plain, probed = LanguageTrainer(cfg), LanguageTrainer(cfg)
+    probe = probed.drift_probe()
+    assert {"drift/elbo", "drift/loglik", "drift/gap", "drift/grad_cosine"} <= set(probe)
+    assert all(math.isfinite(probe[k]) for k in ("drift/elbo", "drift/loglik", "drift/gap"))
+    assert same(plain.train_step(), probed.train_step())
+
+
+def test_chat_template_wraps_prompts_and_is_required(tiny_cfg):
+    from dipod.language.rollout import encode_prompts
+
+    trainer = LanguageTrainer(tiny_cfg)
+    with pytest.raises(ValueError, match="no chat template"):
+        encode_prompts(trainer.tokenizer, ["12"], "cpu", chat=True)
+
+    class FakeHF:
+        chat_template = "user/assistant"
+
+        def apply_chat_template(self, messages, *, add_generation_prompt, tokenize):
+            assert add_generation_prompt and not tokenize
+            return "9" + messages[0]["content"] + "9"
+
+    trainer.tokenizer.hf = FakeHF()
+    ids, attn = encode_prompts(trainer.tokenizer, ["12", "345"], "cpu", chat=True)
+    assert [trainer.tokenizer.decode(row) for row in ids] == ["9129", "93459"]
+    assert attn.sum(-1).tolist() == [4, 5]

@@ -1,0 +1,50 @@
+"""Adaptive DiPOD weight: keep the monitored gap log pi - ELBO near a budget, like PPO's adaptive KL.
+
+PPO's adaptive KL coefficient doubles when the measured KL exceeds 1.5x its target and halves when
+it falls below target / 1.5. Here the measured quantity is the drift monitor's gap: when the bound
+has loosened past ``budget`` the self-distillation term gets more weight, and when it is well inside
+the budget (below budget / 1.5) the weight is given back to the policy gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class AdaptiveBetaConfig:
+    """Settings of the adaptive rule."""
+
+    budget: float
+    """Gap (nats) the run tolerates on its own samples."""
+    factor: float = 2.0
+    """Multiplier applied per adjustment (> 1)."""
+    beta_min: float = 1e-3
+    beta_max: float = 1.0
+    hysteresis: float = 1.5
+    """Below budget / hysteresis the weight shrinks; between the two thresholds it stays."""
+
+    def __post_init__(self) -> None:
+        if not self.budget > 0:
+            raise ValueError(f"budget must be > 0, got {self.budget}")
+        if not self.factor > 1:
+            raise ValueError(f"factor must be > 1, got {self.factor}")
+        if not 0 < self.beta_min <= self.beta_max:
+            raise ValueError(f"need 0 < beta_min <= beta_max, got {self.beta_min}, {self.beta_max}")
+        if not self.hysteresis >= 1:
+            raise ValueError(f"hysteresis must be >= 1, got {self.hysteresis}")
+
+
+def adapt_beta(beta: float, measured_gap: float, cfg: AdaptiveBetaConfig) -> float:
+    """The next DiPOD weight given the latest measured gap.
+
+    gap > budget -> beta * factor; gap < budget / hysteresis -> beta / factor; else unchanged;
+    always clamped to [beta_min, beta_max]. A non-finite measurement leaves beta as it was (clamped).
+    """
+    if math.isfinite(measured_gap):
+        if measured_gap > cfg.budget:
+            beta = beta * cfg.factor
+        elif measured_gap < cfg.budget / cfg.hysteresis:
+            beta = beta / cfg.factor
+    return min(max(beta, cfg.beta_min), cfg.beta_max)

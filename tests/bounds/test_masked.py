@@ -1,0 +1,286 @@
+"""Masked-diffusion bounds against exact likelihoods of models small enough to enumerate."""
+
+import math
+
+import pytest
+import torch
+
+from dipod.bounds.masked import (
+    all_orders,
+    any_order_loglik,
+    completion_valid_mask,
+    draw_block_random_masks,
+    draw_masks,
+    elbo_from_logprobs,
+    eubo_from_logprobs,
+    exact_loglik,
+    masked_elbo,
+    masked_token_logprobs,
+    order_elbo,
+    order_iw_loglik,
+    random_orders,
+)
+from tests.bounds.tiny_models import JointMaskedNet, MLPMaskedNet, all_subset_draws
+
+V, P, L, B = 3, 2, 3, 4
+MASK_ID = V
+
+
+def _data(seed=0, batch=B, length=L):
+    g = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(0, V, (batch, P), generator=g)
+    completion = torch.randint(0, V, (batch, length), generator=g)
+    return prompt, completion
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- draws
+
+
+def test_completion_valid_mask_stops_after_first_eos():
+    eos, pad = 9, 8
+    ids = torch.tensor([[1, 2, eos, eos, 3], [1, 1, 1, 1, 1], [eos, 4, 4, pad, pad], [1, 2, 3, pad, pad]])
+    valid = completion_valid_mask(ids, eos, pad)
+    assert valid.tolist() == [
+        [True, True, True, False, False],
+        [True] * 5,
+        [True, False, False, False, False],
+        [True, True, True, False, False],
+    ]
+    assert completion_valid_mask(ids, eos, pad, include_eos=False)[0].tolist() == [True, True, False, False, False]
+
+
+@pytest.mark.parametrize("scheme", ["count", "round", "d1", "bernoulli"])
+def test_draws_respect_valid_positions_and_are_deterministic(scheme):
+    valid = torch.tensor([[True] * 6, [True, True, True, False, False, False], [False] * 6])
+    a = draw_masks(valid, 8, generator=_gen(3), scheme=scheme)
+    b = draw_masks(valid, 8, generator=_gen(3), scheme=scheme)
+    assert torch.equal(a.mask, b.mask) and torch.equal(a.weight, b.weight)
+    assert not (a.mask & ~valid[:, None]).any()
+    assert (a.weight[2] == 0).all()  # nothing to score in an empty completion
+    assert a.prompt_mask is None  # the prompt is never masked unless asked
+
+
+def test_count_scheme_masks_exactly_n_with_weight_length_over_n():
+    valid = torch.tensor([[True] * 5 + [False] * 3]).expand(64, -1)
+    draws = draw_masks(valid, 16, generator=_gen(1), scheme="count")
+    n = draws.mask.sum(-1)  # (B, K)
+    assert n.min() >= 1 and n.max() <= 5
+    torch.testing.assert_close(draws.weight, 5.0 / n.float())
+    # n is uniform on {1..5}: every count appears with frequency near 1/5
+    freq = torch.bincount(n.flatten(), minlength=6)[1:].float() / n.numel()
+    assert (freq - 0.2).abs().max() < 0.03
+
+
+def test_stratified_levels_cover_each_stratum_once():
+    valid = torch.ones(32, 10, dtype=torch.bool)
+    draws = draw_masks(valid, 4, generator=_gen(0), scheme="bernoulli", stratified=True)
+    strata = torch.floor((1 - draws.t) * 4).long().sort(-1).values  # (B, K): one level per quarter
+    assert torch.equal(strata, torch.arange(4).expand(32, -1))
+
+
+def test_prompt_masking_only_when_asked_and_only_valid_prompt_tokens():
+    valid = torch.ones(50, 4, dtype=torch.bool)
+    prompt_valid = torch.tensor([[False, True, True, True, True]]).expand(50, -1)
+    draws = draw_masks(valid, 3, generator=_gen(0), prompt_valid=prompt_valid, prompt_mask_prob=0.5)
+    assert not draws.prompt_mask[:, :, 0].any()
+    assert 0.4 < draws.prompt_mask[:, :, 1:].float().mean() < 0.6
+
+
+def test_block_random_masks_later_blocks_fully_and_part_of_the_chosen_block():
+    valid = torch.ones(200, 12, dtype=torch.bool)
+    draws = draw_block_random_masks(valid, 2, generator=_gen(0), block_length=4)
+    mask = draws.mask.view(200, 2, 3, 4)  # (B, K, blocks, block_length)
+    per_block = mask.sum(-1)  # (B, K, 3)
+    for b in range(3):
+        # the first partly-masked block is followed only by fully masked blocks
+        partial = (per_block[..., b] > 0) & (per_block[..., :b] == 0).all(-1)
+        assert (per_block[..., b + 1 :][partial] == 4).all()
+    assert (per_block.sum(-1) >= 1).all()
+    torch.testing.assert_close(draws.weight, 12.0 / draws.mask.sum(-1).float())
+
+
+# ----------------------------------------------------------------------------- ELBO
+
+
+def test_all_draws_share_one_forward_pass():
+    net = MLPMaskedNet(V, P + L)
+    calls = []
+    net.register_forward_hook(lambda *_: calls.append(1))
+    prompt, completion = _data()
+    valid = torch.ones_like(completion, dtype=torch.bool)
+    draws = draw_masks(valid, 8, generator=_gen(0))
+    masked_elbo(net, prompt, completion, valid, draws, mask_id=MASK_ID)
+    assert len(calls) == 1
+
+
+def test_enumerated_subset_elbo_equals_order_average():
+    # E_{n,S}[(L/n) sum_{i in S} log p] is the mean over orders of the any-order AR log-likelihood.
+    net = MLPMaskedNet(V, P + L)
+    prompt, completion = _data()
+    valid = torch.ones_like(completion, dtype=torch.bool)
+    draws = all_subset_draws(B, L)
+    elbo = masked_elbo(net, prompt, completion, valid, draws, mask_id=MASK_ID)
+    orders = all_orders(L, B)
+    by_orders = order_elbo(any_order_loglik(net, prompt, completion, valid, orders, mask_id=MASK_ID))
+    torch.testing.assert_close(elbo, by_orders, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("scheme", ["count", "round", "bernoulli"])
+def test_monte_carlo_elbo_is_unbiased(scheme):
+    net = MLPMaskedNet(V, P + L)
+    prompt, completion = _data(batch=2)
+    valid = torch.ones_like(completion, dtype=torch.bool)
+    exact = order_elbo(any_order_loglik(net, prompt, completion, valid, all_orders(L, 2), mask_id=MASK_ID))
+    k = 4000
+    draws = draw_masks(valid, k, generator=_gen(7), scheme=scheme, stratified=False)
+    with torch.no_grad():
+        token_logp = masked_token_logprobs(net, prompt, completion, draws, mask_id=MASK_ID)
+    per_draw = (token_logp * draws.mask).sum(-1) * draws.weight  # (B, K) single-draw estimates
+    mean, se = per_draw.mean(-1), per_draw.std(-1) / math.sqrt(k)
+    assert ((mean - exact).abs() < 3 * se).all(), (mean, exact, se)
+    torch.testing.assert_close(elbo_from_logprobs(token_logp, draws, valid), mean)
+
+
+def test_d1_scheme_is_biased_towards_zero():
+    # floor(t * L) never masks the whole completion and wastes n = 0 draws: the release's bias, kept on purpose.
+    net = MLPMaskedNet(V, P + L)
+    prompt, completion = _data(batch=2)
+    valid = torch.ones_like(completion, dtype=torch.bool)
+    exact = order_elbo(any_order_loglik(net, prompt, completion, valid, all_orders(L, 2), mask_id=MASK_ID))
+    draws = draw_masks(valid, 4000, generator=_gen(7), scheme="d1")
+    with torch.no_grad():
+        d1 = masked_elbo(net, prompt, completion, valid, draws, mask_id=MASK_ID)
+    assert (d1 > exact + 0.05).all()
+
+
+def test_elbo_is_below_exact_loglik():
+    for seed in range(3):
+        net = MLPMaskedNet(V, P + L, seed=seed)
+        prompt, completion = _data(seed)
+        valid = torch.ones_like(completion, dtype=torch.bool)
+        with torch.no_grad():
+            elbo = masked_elbo(net, prompt, completion, valid, all_subset_draws(B, L), mask_id=MASK_ID)
+            exact = exact_loglik(net, prompt, completion, mask_id=MASK_ID)
+        assert (elbo < exact - 1e-4).all()
+
+
+def test_context_free_model_has_a_tight_elbo():
+    net = MLPMaskedNet(V, P + L, context_free=True)
+    prompt, completion = _data()
+    valid = torch.ones_like(completion, dtype=torch.bool)
+    with torch.no_grad():
+        elbo = masked_elbo(net, prompt, completion, valid, all_subset_draws(B, L), mask_id=MASK_ID)
+        exact = exact_loglik(net, prompt, completion, mask_id=MASK_ID)
+    torch.testing.assert_close(elbo, exact, atol=1e-6, rtol=0)
+    direct = torch.log_softmax(net.table, -1)[P:].gather(-1, completion.T).sum(0)  # sum_i log p(x_i)
+    torch.testing.assert_close(exact, direct, atol=1e-6, rtol=0)
+
+
+def test_exact_loglik_of_consistent_conditionals_is_the_joint():
+    net = JointMaskedNet(V, L, P)
+    prompt, completion = _data()
+    torch.testing.assert_close(exact_loglik(net, prompt, completion, mask_id=MASK_ID), net.log_q_of(completion))
+    # and it normalises: pi sums to 1 over all V^L completions
+    every = net.states
+    logpi = exact_loglik(net, prompt[:1].expand(len(every), -1), every, mask_id=MASK_ID)
+    torch.testing.assert_close(logpi.exp().sum(), torch.tensor(1.0))
+
+
+def test_mlp_model_likelihood_normalises():
+    net = MLPMaskedNet(V, P + L)
+    import itertools
+
+    every = torch.tensor(list(itertools.product(range(V), repeat=L)))
+    prompt = torch.zeros(len(every), P, dtype=torch.long)
+    with torch.no_grad():
+        logpi = exact_loglik(net, prompt, every, mask_id=MASK_ID)
+    torch.testing.assert_close(logpi.exp().sum(), torch.tensor(1.0))
+
+
+def test_importance_weighted_bound_tightens_with_more_orders():
+    net = MLPMaskedNet(V, P + L, seed=1)
+    prompt, completion = _data(1, batch=1)
+    valid = torch.ones_like(completion, dtype=torch.bool)
+    with torch.no_grad():
+        exact = exact_loglik(net, prompt, completion, mask_id=MASK_ID)
+        reps = 3000
+        means = []
+        for k in (1, 2, 4):
+            orders = random_orders(valid.expand(reps, -1), k, generator=_gen(k))  # (reps, K, L)
+            ll = any_order_loglik(
+                net,
+                prompt.expand(reps, -1),
+                completion.expand(reps, -1),
+                valid.expand(reps, -1),
+                orders,
+                mask_id=MASK_ID,
+            )
+            means.append(order_iw_loglik(ll).mean())
+    assert means[0] < means[1] < means[2] < exact.squeeze()
+    every = any_order_loglik(net, prompt, completion, valid, all_orders(L), mask_id=MASK_ID)
+    torch.testing.assert_close(order_iw_loglik(every), exact)
+
+
+@pytest.mark.parametrize("beta", [1.0, 1.5])
+def test_eubo_sits_above_the_exact_loglik_for_consistent_conditionals(beta):
+    # SPG: with exact expectations, sum_i (1/beta) log E[w p_i^beta 1[i masked]] >= log pi >= ELBO.
+    net = JointMaskedNet(V, L, P, seed=2)
+    prompt, completion = _data(2)
+    valid = torch.ones_like(completion, dtype=torch.bool)
+    draws = all_subset_draws(B, L)
+    token_logp = masked_token_logprobs(net, prompt, completion, draws, mask_id=MASK_ID)
+    eubo = eubo_from_logprobs(token_logp, draws, valid, beta=beta, scale="sum")
+    elbo = elbo_from_logprobs(token_logp, draws, valid)
+    exact = net.log_q_of(completion)
+    assert (eubo >= exact - 1e-5).all() and (elbo <= exact + 1e-5).all()
+    assert (eubo - elbo > 1e-3).all()
+    per_token = eubo_from_logprobs(token_logp, draws, valid, beta=beta, scale="mean")
+    torch.testing.assert_close(per_token * L, eubo)
+
+
+def test_eubo_matches_a_hand_computation():
+    # one token, two draws: masked in draw 0 with weight 2 (p = 0.5), unmasked in draw 1.
+    from dipod.bounds.masked import MaskDraws
+
+    draws = MaskDraws(mask=torch.tensor([[[True], [False]]]), weight=torch.tensor([[2.0, 1.0]]), t=torch.ones(1, 2))
+    token_logp = torch.log(torch.tensor([[[0.5], [0.9]]]))
+    eubo = eubo_from_logprobs(token_logp, draws, torch.ones(1, 1, dtype=torch.bool), beta=2.0)
+    # q = mean_k(p^2 * w * mask) = (0.25 * 2 + 0) / 2 = 0.25; eubo = log(0.25) / 2
+    torch.testing.assert_close(eubo, torch.tensor([math.log(0.25) / 2]))
+
+
+def test_elbo_mean_scale_divides_by_valid_length_and_ignores_padding():
+    net = MLPMaskedNet(V, P + L)
+    prompt, completion = _data()
+    valid = torch.tensor([[True, True, True], [True, True, False], [True, False, False], [True, True, True]])
+    draws = draw_masks(valid, 6, generator=_gen(0))
+    token_logp = masked_token_logprobs(net, prompt, completion, draws, mask_id=MASK_ID)
+    s = elbo_from_logprobs(token_logp, draws, valid, scale="sum")
+    m = elbo_from_logprobs(token_logp, draws, valid, scale="mean")
+    torch.testing.assert_close(m, s / valid.sum(-1))
+    poisoned = token_logp.masked_fill(~valid[:, None], float("nan"))  # padding never enters the bound
+    torch.testing.assert_close(elbo_from_logprobs(poisoned, draws, valid), s)
+
+
+def test_elbo_gradient_matches_finite_differences():
+    net = MLPMaskedNet(V, P + L).double()
+    prompt, completion = _data()
+    valid = torch.ones_like(completion, dtype=torch.bool)
+    draws = draw_masks(valid, 4, generator=_gen(0))
+
+    def f():
+        return masked_elbo(lambda ids, a: net(ids, a), prompt, completion, valid, draws, mask_id=MASK_ID).sum()
+
+    f().backward()
+    grad = net.out.grad[0, 0].item()
+    h = 1e-6
+    with torch.no_grad():
+        net.out[0, 0] += h
+        up = f().item()
+        net.out[0, 0] -= 2 * h
+        down = f().item()
+    assert grad == pytest.approx((up - down) / (2 * h), rel=1e-5, abs=1e-8)
