@@ -40,6 +40,9 @@ BUDGETS: dict[str, Budget] = {
             "language": (
                 "train.steps=2",
                 "train.checkpoint_every=1",
+                "drift.every=2",
+                "drift.probe_size=2",
+                "drift.num_orders=2",
                 "language.prompts_per_step=2",
                 "language.group_size=4",
                 "language.num_iterations=1",

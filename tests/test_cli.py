@@ -202,7 +202,9 @@ def test_demo_small_then_eval(tmp_path):
     for variant in ("| FPO | 1 (0) |", "| FPO + DiPOD (β=0.05) | 1 (0) |", "| FPO++ | 1 (0) |"):
         assert variant in md
     pngs = sorted((out / "report").glob("*.png"))
-    assert {"language_sudoku_reward_mean.png", "control_bandit_drift_gap.png"} <= {p.name for p in pngs}
+    assert {"language_sudoku_reward_mean.png", "language_sudoku_drift_gap.png", "control_bandit_drift_gap.png"} <= {
+        p.name for p in pngs
+    }
     assert all(p.read_bytes()[:8] == PNG_MAGIC for p in pngs)
     for png in pngs:
         assert f"]({png.name})" in md
