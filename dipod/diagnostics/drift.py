@@ -139,18 +139,38 @@ def language_loglik(
 
 
 def probe_draws(
-    draws_kind: str, valid: torch.Tensor, num_draws: int, *, generator: torch.Generator, block_length: int | None
+    draws_kind: str,
+    valid: torch.Tensor,
+    num_draws: int,
+    *,
+    generator: torch.Generator,
+    block_length: int | None = None,
+    prompt_valid: torch.Tensor | None = None,
+    prompt_mask_prob: float = 0.0,
 ) -> MaskDraws:
-    """The masking draws an objective uses (``Objective.draws``), drawn fresh for the probe batch."""
+    """The masking draws an objective uses (``Objective.draws``), drawn fresh for the probe batch.
+
+    ``prompt_mask_prob`` > 0 masks prompt tokens at random as SPG and diffu-GRPO do in training
+    (needs ``prompt_valid`` (B, P)); the count-scheme ELBO never masks the prompt.
+    """
     if draws_kind == "elbo":
         return draw_masks(valid, num_draws, generator=generator, scheme="count")
     if draws_kind == "block_random":
         return draw_block_random_masks(
-            valid, num_draws, generator=generator, block_length=block_length or valid.shape[1]
-        )
+            valid, num_draws, generator=generator, block_length=block_length or valid.shape[1],
+            prompt_valid=prompt_valid, prompt_mask_prob=prompt_mask_prob,
+        )  # fmt: skip
     if draws_kind == "one_step":
-        ones = torch.ones(valid.shape[0], 1, device=valid.device)
-        return MaskDraws(mask=valid[:, None, :].clone(), weight=ones, t=ones)
+        # The whole completion masked (weight 1), K copies that differ only in their prompt masks.
+        mask = torch.ones_like(valid)[:, None, :].expand(-1, num_draws, -1).contiguous()  # (B, K, L)
+        ones = torch.ones(valid.shape[0], num_draws, device=valid.device)
+        prompt_mask = None
+        if prompt_mask_prob > 0:
+            if prompt_valid is None:
+                raise ValueError("prompt_mask_prob > 0 needs prompt_valid (B, P)")
+            u = torch.rand(*mask.shape[:2], prompt_valid.shape[-1], generator=generator, device=valid.device)
+            prompt_mask = (u < prompt_mask_prob) & prompt_valid[:, None, :]  # (B, K, P)
+        return MaskDraws(mask=mask, weight=ones, t=ones, prompt_mask=prompt_mask)
     raise ValueError(f"no language probe draws for {draws_kind!r}")
 
 
@@ -169,6 +189,7 @@ def language_drift_probe(
     generator: torch.Generator,
     attention_mask: torch.Tensor | None = None,
     block_length: int | None = None,
+    prompt_mask_prob: float = 0.0,
 ) -> dict[str, float]:
     """Drift metrics of a masked diffusion LM on a probe batch of fresh completions with their advantages.
 
@@ -187,7 +208,13 @@ def language_drift_probe(
     objective = get_objective("language", objective_cfg.name)
     score = dict(mask_id=mask_id, attention_mask=attention_mask)
     with torch.enable_grad():
-        draws = probe_draws(objective.draws, valid, num_draws, generator=generator, block_length=block_length)
+        prompt_valid = None if attention_mask is None else attention_mask[:, : prompt_ids.shape[1]]
+        if prompt_valid is None and prompt_mask_prob > 0:
+            prompt_valid = torch.ones_like(prompt_ids, dtype=torch.bool)
+        draws = probe_draws(
+            objective.draws, valid, num_draws, generator=generator, block_length=block_length,
+            prompt_valid=prompt_valid, prompt_mask_prob=prompt_mask_prob,
+        )  # fmt: skip
         token_logp = masked_token_logprobs(logits_fn, prompt_ids, completion_ids, draws, **score)  # (B, K, L)
         new = MaskedScores(token_logp, draws, valid)
         old = MaskedScores(token_logp.detach(), draws, valid)
@@ -196,7 +223,7 @@ def language_drift_probe(
             elbo = elbo_from_logprobs(token_logp.detach(), draws, valid, scale="sum")
         else:
             with torch.no_grad():
-                elbo_draws = probe_draws("elbo", valid, num_draws, generator=generator, block_length=None)
+                elbo_draws = probe_draws("elbo", valid, num_draws, generator=generator)
                 elbo_logp = masked_token_logprobs(logits_fn, prompt_ids, completion_ids, elbo_draws, **score)
                 elbo = elbo_from_logprobs(elbo_logp, elbo_draws, valid, scale="sum")
         loglik, used, exact = language_loglik(
@@ -259,6 +286,7 @@ def language_trainer_drift_probe(trainer: Any, generator: torch.Generator, np_rn
         generator=generator,
         attention_mask=attention,
         block_length=lang.spg_block_length,
+        prompt_mask_prob=lang.prompt_mask_prob,
     )
     metrics["drift/reward_mean"] = float(rewards.mean())
     return metrics
