@@ -83,8 +83,11 @@ def run_demo(
     run_dirs = []
     for i, (name, cfg) in enumerate(runs, 1):
         run_dir = out / "runs" / name
-        say(f"[{i}/{len(runs)}] {name}: {cfg.domain}, {cfg.objective.name}, dipod_beta={cfg.objective.dipod_beta}"
-            f" -> {run_dir}", markup=False)
+        say(
+            f"[{i}/{len(runs)}] {name}: {cfg.domain}, {cfg.objective.name}, dipod_beta={cfg.objective.dipod_beta}"
+            f" -> {run_dir}",
+            markup=False,
+        )
         run_training(cfg, run_dir, trainer_factory=trainers.build_trainer, resume=True, quiet=quiet)
         run_dirs.append(run_dir)
     report_dir = out / "report"

@@ -141,3 +141,24 @@ def plot_curves(results: list[dict], path: Path, *, title: str, threshold: float
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def results_from_logs(paths: list[Path]) -> list[dict]:
+    """Rebuild run results from per-step JSONL logs (``<name>_seed<k>.jsonl``), e.g. of an unfinished run."""
+    results = []
+    for path in paths:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        name, _, seed = path.stem.rpartition("_seed")
+        curve = [(r["samples"], r["episode_return"]) for r in rows if "episode_return" in r]
+        results.append(
+            {
+                "name": name,
+                "seed": int(seed),
+                "samples": [s for s, _ in curve],
+                "episode_return": [v for _, v in curve],
+                "env_steps": rows[-1]["samples"] if rows else 0,
+                "wall_s": rows[-1]["time_s"] if rows else 0.0,
+                "from_log": str(path),
+            }
+        )
+    return results

@@ -2,9 +2,94 @@
 
 from __future__ import annotations
 
+import string
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DEFAULT_CHARSET = string.digits + string.ascii_letters + string.punctuation + " \n"
+"""Characters of the built-in tokenizer: printable ASCII, enough for Sudoku, Countdown and short prompts."""
+
+
+class ModelConfig(BaseModel):
+    """Which masked diffusion LM to build and how it is fine-tuned."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    kind: Literal["tiny", "hf"] = "tiny"
+    """tiny: the built-in bidirectional transformer; hf: a transformers model from a local path."""
+    path: str | None = None
+    """Local directory: an HF model + tokenizer (kind hf, required), or a saved tiny model (kind tiny, optional)."""
+    trust_remote_code: bool = False
+    """hf: run the model's own code (LLaDA, Dream) through AutoModel; False loads AutoModelForMaskedLM."""
+    mask_token: str | None = None
+    """hf: mask token string when neither the model config nor the tokenizer names one (e.g. '<|mdm_mask|>')."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """hf: weight dtype."""
+    logits_shift: bool | None = None
+    """hf: logits at i predict token i + 1 (Dream, adapted from an AR model); None decides from model_type."""
+    charset: str = DEFAULT_CHARSET
+    """tiny: characters of the built-in tokenizer (special tokens are added)."""
+    n_layer: int = Field(2, ge=1)
+    n_head: int = Field(4, ge=1)
+    n_embd: int = Field(128, ge=8)
+    max_seq_len: int = Field(256, ge=2)
+    """tiny: learned positions; prompt + completion must fit."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    finetune: Literal["full", "lora"] = "full"
+    """full: every weight trains, the reference is a frozen copy; lora: peft adapters, the reference is
+    the model with adapters disabled."""
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: float = Field(16.0, gt=0)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
+    )
+    """Module names that get adapters (the tiny model's names; LLaDA: q_proj k_proj v_proj attn_out ff_proj
+    up_proj ff_out)."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        if self.kind == "hf" and not self.path:
+            raise ValueError("model.kind is 'hf' but model.path is not set (a local directory)")
+        if self.kind == "tiny" and self.n_embd % self.n_head:
+            raise ValueError(f"model.n_embd = {self.n_embd} must be divisible by model.n_head = {self.n_head}")
+        if not self.lora_target_modules:
+            raise ValueError("model.lora_target_modules is empty")
+        return self
+
+
+class SamplerConfig(BaseModel):
+    """How completions are decoded (LLaDA low-confidence remasking, random remasking, or threshold)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    remasking: Literal["low_confidence", "random", "threshold"] = "low_confidence"
+    """low_confidence / random: a fixed linear schedule of `steps`; threshold: unmask every token whose
+    confidence reaches `threshold` (at least one per step), Fast-dLLM style."""
+    gen_length: int = Field(64, ge=1)
+    block_length: int = Field(32, ge=1)
+    """Semi-autoregressive blocks: gen_length must be a multiple."""
+    steps: int = Field(32, ge=1)
+    """Denoising steps over the whole completion (fixed-schedule remasking); a multiple of the number of blocks."""
+    temperature: float = Field(0.0, ge=0)
+    """Gumbel-max temperature; 0 is greedy."""
+    threshold: float = Field(0.9, gt=0, le=1)
+    """threshold remasking: confidence needed to unmask a token."""
+    stop_at_eos: bool = True
+    """Stop once every row has decoded an EOS with everything before it decoded; fill the rest with EOS."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SamplerConfig:
+        if self.gen_length % self.block_length:
+            raise ValueError(
+                f"sampler.gen_length = {self.gen_length} is not a multiple of "
+                f"sampler.block_length = {self.block_length}"
+            )
+        blocks = self.gen_length // self.block_length
+        if self.remasking != "threshold" and self.steps % blocks:
+            raise ValueError(f"sampler.steps = {self.steps} is not a multiple of the number of blocks ({blocks})")
+        return self
 
 
 class DataConfig(BaseModel):
@@ -69,6 +154,10 @@ class LanguageConfig(BaseModel):
     """mu: inner updates per rollout, reusing the stored ELBO draws."""
     elbo_draws: int = Field(4, ge=1)
     """K Monte-Carlo masking draws per completion."""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    """The masked diffusion LM and its tokenizer."""
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    """Rollout decoding."""
     data: DataConfig = Field(default_factory=DataConfig)
     """Training and evaluation examples."""
     sft: SFTConfig = Field(default_factory=SFTConfig)

@@ -102,7 +102,9 @@ def train_sft(
         model.train()
         for group in optimizer.param_groups:
             group["lr"] = lang.sft.lr * _lr_factor(step, lang.sft.warmup_steps)
-        batch = sft_tensors(tokenizer, task, source.draw(lang.sft.batch_size, rng), fmt, lang.sampler.gen_length, device)
+        batch = sft_tensors(
+            tokenizer, task, source.draw(lang.sft.batch_size, rng), fmt, lang.sampler.gen_length, device
+        )
         loss = masked_diffusion_loss(model, *batch, num_draws=lang.sft.elbo_draws, generator=mask_gen)
         row: dict[str, float] = {"step": step + 1, "loss": float(loss.detach()), "time_s": time.perf_counter() - start}
         if loss_is_finite(loss):
@@ -142,7 +144,11 @@ def main(argv: list[str] | None = None) -> None:
 
     def log(row: dict[str, float]) -> None:
         if row["step"] % 50 == 0 or any(k.startswith("eval/") for k in row):
-            print(json.dumps({k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v) for k, v in row.items()}))
+            print(
+                json.dumps(
+                    {k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v) for k, v in row.items()}
+                )
+            )
 
     train_sft(cfg, out_dir=args.out, log=log)
 

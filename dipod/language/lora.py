@@ -1,0 +1,83 @@
+"""Fine-tuning modes and the reference policy: LoRA adapters through peft, or full fine-tuning.
+
+The reference policy (for KL or ELBO-difference terms) is the model before RL:
+- with LoRA it is the same network with its adapters switched off, so it costs no memory;
+- with full fine-tuning it is a frozen copy taken before the first update.
+``reference_mode`` hides the difference: inside it, the yielded model is the reference.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+def apply_lora(model: nn.Module, *, r: int, alpha: float, dropout: float, target_modules: Sequence[str]) -> nn.Module:
+    """Inject LoRA adapters into ``model`` in place and freeze every other weight.
+
+    Works for any module tree (the tiny model, HF models): peft wraps the matching ``nn.Linear``
+    layers; the adapter's B matrix starts at zero, so the model's outputs are unchanged.
+    Returns the same module.
+    """
+    from peft import LoraConfig, inject_adapter_in_model
+
+    lora_config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules))
+    inject_adapter_in_model(lora_config, model)
+    for name, p in model.named_parameters():
+        p.requires_grad_("lora_" in name)
+    if not has_adapters(model):
+        raise ValueError(f"no module of the model matches lora target_modules {list(target_modules)}")
+    return model
+
+
+def _adapter_layers(model: nn.Module) -> list[nn.Module]:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+
+
+def has_adapters(model: nn.Module) -> bool:
+    """True when peft adapters have been injected into ``model``."""
+    return bool(_adapter_layers(model))
+
+
+def adapter_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The LoRA weights by name (what a LoRA checkpoint needs to store)."""
+    return {name: p for name, p in model.named_parameters() if "lora_" in name}
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A deep copy with gradients off and dropout off: the reference for full fine-tuning."""
+    ref = copy.deepcopy(model)
+    ref.eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+@contextmanager
+def reference_mode(model: nn.Module, *, frozen: nn.Module | None = None) -> Iterator[nn.Module]:
+    """Yield the reference policy: ``model`` with adapters disabled (LoRA), or ``frozen`` (full fine-tuning).
+
+    Adapters are re-enabled on exit, also when the body raises.
+
+    Args:
+        frozen: the frozen copy taken before training (``frozen_copy``); required without adapters.
+    """
+    layers = _adapter_layers(model)
+    if not layers:
+        if frozen is None:
+            raise ValueError("the model has no adapters: full fine-tuning needs `frozen=frozen_copy(model)`")
+        yield frozen
+        return
+    was_disabled = [layer.disable_adapters for layer in layers]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield model
+    finally:
+        for layer, disabled in zip(layers, was_disabled, strict=True):
+            layer.enable_adapters(not disabled)

@@ -1,0 +1,177 @@
+"""A tiny bidirectional transformer masked diffusion LM, in the style of nanoGPT's model.py.
+
+Same blocks as a GPT (pre-LayerNorm, attention, MLP), but attention is full (``is_causal=False``):
+a masked diffusion model predicts every masked token from all unmasked ones. Small enough to train
+and sample on a CPU in seconds (2 layers, d = 128), which the tests and the CPU demo rely on.
+
+Shape legend: N rows, T sequence length, C embedding width (n_embd), H heads, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+MODEL_TYPE = "dipod-tiny"
+
+
+@dataclass
+class TinyConfig:
+    """Size and special ids of a TinyMaskedLM; ids come from the tokenizer it was built for."""
+
+    vocab_size: int
+    mask_token_id: int
+    pad_token_id: int
+    eos_token_id: int
+    max_seq_len: int = 256
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd = {self.n_embd} must be divisible by n_head = {self.n_head}")
+        for name in ("mask_token_id", "pad_token_id", "eos_token_id"):
+            if not 0 <= getattr(self, name) < self.vocab_size:
+                raise ValueError(f"{name} = {getattr(self, name)} is outside the vocabulary (size {self.vocab_size})")
+
+
+class SelfAttention(nn.Module):
+    """Multi-head bidirectional self-attention through scaled_dot_product_attention."""
+
+    def __init__(self, cfg: TinyConfig) -> None:
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.q_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.k_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.v_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.o_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        n, t, c = x.shape  # rows, sequence length, embedding width
+        q, k, v = (self._heads(proj(x)) for proj in (self.q_proj, self.k_proj, self.v_proj))  # (N, H, T, C/H)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=key_mask, dropout_p=self.dropout if self.training else 0.0, is_causal=False
+        )  # (N, H, T, C/H)
+        return self.o_proj(y.transpose(1, 2).reshape(n, t, c))
+
+    def _heads(self, y: torch.Tensor) -> torch.Tensor:
+        n, t, c = y.shape
+        return y.view(n, t, self.n_head, c // self.n_head).transpose(1, 2)  # (N, H, T, C/H)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: TinyConfig) -> None:
+        super().__init__()
+        self.up_proj = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
+        self.down_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.down_proj(F.gelu(self.up_proj(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: TinyConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd)
+        self.attn = SelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), key_mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+class TinyMaskedLM(nn.Module):
+    """Bidirectional transformer returning logits for every position; implements ``MaskedDiffusionLM``."""
+
+    def __init__(self, cfg: TinyConfig, *, generator: torch.Generator | None = None) -> None:
+        """Build the network; weights are N(0, 0.02) drawn from ``generator`` (a fixed seed-0 one if None)."""
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.max_seq_len, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        self.ln_f = nn.LayerNorm(cfg.n_embd)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.reset_parameters(generator if generator is not None else torch.Generator().manual_seed(0))
+
+    @property
+    def mask_token_id(self) -> int:
+        return self.config.mask_token_id
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.config.pad_token_id
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.config.eos_token_id
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        """GPT-2 init from an explicit generator: N(0, 0.02) weights, zero biases, and residual
+        projections scaled by 1/sqrt(2 * n_layer) so the residual stream's variance does not grow with depth."""
+        residual_std = 0.02 / (2 * self.config.n_layer) ** 0.5
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+            elif p.dim() == 1:  # LayerNorm gains
+                p.fill_(1.0)
+            else:
+                std = residual_std if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
+                p.normal_(0.0, std, generator=generator)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (N, T, V) for input_ids (N, T) long; attention_mask (N, T) bool hides padding keys."""
+        t = input_ids.shape[1]
+        if t > self.config.max_seq_len:
+            raise ValueError(f"sequence length {t} exceeds max_seq_len = {self.config.max_seq_len}")
+        key_mask = None
+        pos = torch.arange(t, device=input_ids.device)[None, :]  # (1, T)
+        if attention_mask is not None:
+            keys = attention_mask.bool()
+            # Positions count real tokens only, so left padding does not shift them (same logits padded or not).
+            pos = (keys.long().cumsum(-1) - 1).clamp(min=0)  # (N, T)
+            # An all-padding row attends everywhere instead of to nothing (which would give NaN).
+            keys = keys | ~keys.any(-1, keepdim=True)
+            key_mask = keys[:, None, None, :]  # (N, 1, 1, T) broadcast over heads and queries
+        x = self.drop(self.wte(input_ids) + self.wpe(pos))  # (N, T, C)
+        for block in self.blocks:
+            x = block(x, key_mask)
+        return self.lm_head(self.ln_f(x))  # (N, T, V)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CONFIG_FILE).write_text(json.dumps({"model_type": MODEL_TYPE, **asdict(self.config)}, indent=2))
+        save_model(self, str(directory / WEIGHTS_FILE))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, map_location: str | torch.device = "cpu") -> TinyMaskedLM:
+        """Load a model written by ``save_pretrained``."""
+        directory = Path(directory)
+        payload = json.loads((directory / CONFIG_FILE).read_text())
+        if payload.pop("model_type", None) != MODEL_TYPE:
+            raise ValueError(f"{directory / CONFIG_FILE} is not a {MODEL_TYPE} config")
+        model = cls(TinyConfig(**payload))
+        load_model(model, str(directory / WEIGHTS_FILE), device=str(map_location))
+        return model

@@ -1,0 +1,95 @@
+"""The masked diffusion LM interface and the factory that builds a model and its tokenizer from config.
+
+Everything downstream (samplers, ELBO scoring, trainers) sees only ``MaskedDiffusionLM``: a module
+called as ``model(input_ids, attention_mask)`` that returns logits for every position, plus the
+special ids of its tokenizer. The built-in tiny transformer and the HF adapter both implement it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from dipod.language.config import ModelConfig
+from dipod.language.lora import apply_lora
+from dipod.language.model_hf import HFMaskedLM
+from dipod.language.model_tiny import TinyConfig, TinyMaskedLM
+from dipod.language.tokenizer import CharTokenizer, HFTokenizer, Tokenizer
+
+
+@runtime_checkable
+class MaskedDiffusionLM(Protocol):
+    """A bidirectional model that predicts every (masked) token of a sequence in one forward pass."""
+
+    mask_token_id: int
+    pad_token_id: int
+    eos_token_id: int
+    vocab_size: int
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids (N, T) long, attention_mask (N, T) bool (False on padding) or None -> logits (N, T, V)."""
+        ...
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor: ...
+
+
+def build_tokenizer(cfg: ModelConfig) -> Tokenizer:
+    """The tokenizer a ``build_model(cfg)`` model speaks."""
+    if cfg.kind == "hf":
+        return HFTokenizer(cfg.path, trust_remote_code=cfg.trust_remote_code, mask_token=cfg.mask_token)
+    if cfg.path is not None:
+        return CharTokenizer.from_pretrained(cfg.path)
+    return CharTokenizer(cfg.charset)
+
+
+def build_model(
+    cfg: ModelConfig, *, tokenizer: Tokenizer | None = None, generator: torch.Generator | None = None
+) -> MaskedDiffusionLM:
+    """Build the model ``cfg`` describes, with LoRA adapters when ``cfg.finetune == "lora"``.
+
+    Args:
+        tokenizer: the model's tokenizer (built from ``cfg`` when None); its ids become the model's.
+        generator: initial weights of a fresh tiny model (ignored when loading from ``cfg.path``).
+    """
+    tokenizer = tokenizer if tokenizer is not None else build_tokenizer(cfg)
+    if cfg.kind == "hf":
+        if not isinstance(tokenizer, HFTokenizer):
+            raise TypeError(f"an hf model needs an HFTokenizer, got {type(tokenizer).__name__}")
+        model = HFMaskedLM.from_pretrained(
+            cfg.path,
+            tokenizer=tokenizer,
+            trust_remote_code=cfg.trust_remote_code,
+            dtype=cfg.dtype,
+            logits_shift=cfg.logits_shift,
+        )
+    elif cfg.path is not None:
+        model = TinyMaskedLM.from_pretrained(cfg.path)
+        _check_ids(model, tokenizer, Path(cfg.path))
+    else:
+        tiny = TinyConfig(
+            vocab_size=tokenizer.vocab_size,
+            mask_token_id=tokenizer.mask_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            max_seq_len=cfg.max_seq_len,
+            n_layer=cfg.n_layer,
+            n_head=cfg.n_head,
+            n_embd=cfg.n_embd,
+            dropout=cfg.dropout,
+        )
+        model = TinyMaskedLM(tiny, generator=generator)
+    if cfg.finetune == "lora":
+        apply_lora(
+            model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules
+        )
+    return model
+
+
+def _check_ids(model: MaskedDiffusionLM, tokenizer: Tokenizer, where: Path) -> None:
+    for name in ("mask_token_id", "pad_token_id", "eos_token_id", "vocab_size"):
+        if getattr(model, name) != getattr(tokenizer, name):
+            raise ValueError(
+                f"{where}: model {name} = {getattr(model, name)} but tokenizer {name} = {getattr(tokenizer, name)}"
+            )

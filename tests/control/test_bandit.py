@@ -1,0 +1,33 @@
+"""The multimodal bandit: a flow policy keeps both reward peaks, a Gaussian policy cannot."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dipod.config import load_config
+from dipod.control.trainer import ControlTrainer
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "control"
+MODES = (-0.7, 0.7)
+NEAR = 0.2
+
+
+def _mass_near_modes(config: str, seed: int) -> list[float]:
+    cfg = load_config(CONFIGS / config, [f"seed={seed}"])
+    trainer = ControlTrainer(cfg)
+    for _ in range(cfg.train.steps):
+        trainer.train_step()
+    with torch.no_grad():
+        actions = trainer.actor.sample(torch.zeros(4000, 1), torch.Generator().manual_seed(seed)).squeeze(-1)
+    trainer.close()
+    return [float(((actions - m).abs() < NEAR).float().mean()) for m in MODES]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_flow_keeps_both_modes_gaussian_does_not(seed):
+    flow = _mass_near_modes("bandit_fpo.yaml", seed)
+    gaussian = _mass_near_modes("bandit_gaussian.yaml", seed)
+    assert min(flow) >= 0.25, f"flow policy mass near the peaks: {flow}"
+    assert min(gaussian) < 0.25, f"Gaussian policy mass near the peaks: {gaussian}"

@@ -1,0 +1,13 @@
+"""Fixtures of the language tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from dipod.config import RunConfig
+from tests.language.language_helpers import tiny_config
+
+
+@pytest.fixture
+def tiny_cfg() -> RunConfig:
+    return tiny_config()

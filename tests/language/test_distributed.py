@@ -1,0 +1,90 @@
+"""Two-process DDP (gloo, CPU) through accelerate: one update equals the single-process update on the same
+global batch, gradients and parameters alike."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from dipod.config import validate_config
+from dipod.language.trainer import LanguageTrainer, RolloutBatch
+from tests.language.language_helpers import TINY, merge
+
+CFG = merge(TINY, {"language": {"prompts_per_step": 4, "group_size": 4, "num_iterations": 2, "micro_batch_size": 4}})
+
+
+def _global_batch(trainer: LanguageTrainer) -> RolloutBatch:
+    """A fixed global rollout (random tokens, advantages and draws from fixed seeds), the same on every process."""
+    lang = trainer.cfg.language
+    size = lang.prompts_per_step * lang.group_size
+    g = torch.Generator().manual_seed(123)
+    vocab = trainer.tokenizer.vocab_size
+    prompt_ids = torch.randint(4, vocab, (size, 16), generator=g)
+    completion_ids = torch.randint(4, vocab, (size, lang.sampler.gen_length), generator=g)
+    valid = torch.ones_like(completion_ids, dtype=torch.bool)
+    prompt_attn = torch.ones_like(prompt_ids, dtype=torch.bool)
+    trainer.generator.manual_seed(7)
+    draws = trainer._draw(valid, prompt_attn)
+    adv = torch.randn(size, generator=g)
+    return RolloutBatch(prompt_ids, prompt_attn, completion_ids, valid, adv, draws)
+
+
+def _update(trainer: LanguageTrainer, batch: RolloutBatch) -> tuple[dict, dict]:
+    """Run ``update`` on ``batch`` and capture the gradients that reach the first optimiser step."""
+    grads: dict[str, torch.Tensor] = {}
+    step = trainer.optimizer.step
+
+    def capturing_step(*args, **kwargs):
+        if not grads:
+            grads.update(
+                {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+            )
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = capturing_step
+    trainer._score_old(batch)
+    trainer.update(batch)
+    params = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    return grads, params
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    trainer = LanguageTrainer(validate_config(CFG))
+    assert trainer.world == world and trainer.rank == rank
+    batch = _global_batch(trainer)
+    per_rank = batch.adv.shape[0] // world
+    grads, params = _update(trainer, batch.rows(slice(rank * per_rank, (rank + 1) * per_rank)))
+    if rank == 0:
+        torch.save({"grads": grads, "params": params}, out)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_update_equals_single_process(tmp_path):
+    out = str(tmp_path / "rank0.pt")
+    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    distributed = torch.load(out)
+    single = LanguageTrainer(validate_config(CFG))
+    assert single.world == 1
+    initial = {n: p.detach().clone() for n, p in single.model.named_parameters()}
+    grads, params = _update(single, _global_batch(single))
+    assert grads.keys() == distributed["grads"].keys() and grads
+    for name, grad in grads.items():
+        torch.testing.assert_close(distributed["grads"][name], grad, rtol=1e-5, atol=1e-6, msg=name)
+    for name, p in params.items():
+        assert not torch.equal(p, initial[name]), f"parameter {name} has not changed"
+        torch.testing.assert_close(distributed["params"][name], p, rtol=0, atol=1e-5, msg=name)

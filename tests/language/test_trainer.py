@@ -1,0 +1,183 @@
+"""The language RL trainer: common random numbers, updates, determinism, resume, every objective, configs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from dipod.config import ConfigError, load_config
+from dipod.language.trainer import LanguageTrainer
+from tests.language.language_helpers import tiny_config
+
+ROOT = Path(__file__).resolve().parents[2]
+DESIGN_KEYS = {
+    "reward_mean",
+    "loss",
+    "pg_loss",
+    "dipod_reg",
+    "elbo_mean",
+    "ratio_mean",
+    "clip_frac",
+    "grad_norm",
+    "skipped_updates",
+}
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all((math.isnan(a[k]) and math.isnan(b[k])) or a[k] == b[k] for k in a)
+
+
+@pytest.mark.parametrize("micro", [None, 3])
+def test_rho_is_one_at_the_first_inner_update(micro):
+    trainer = LanguageTrainer(tiny_config(language={"micro_batch_size": micro}))
+    batch, _ = trainer.rollout()
+    for rows in trainer._micro_batches(batch.adv.shape[0]):
+        mb = batch.rows(rows)
+        out = trainer._loss(mb)
+        assert float(out.stats["ratio_mean"]) == 1.0  # exp(ELBO_new - ELBO_old) == 1 exactly: same draws, same weights
+        new = trainer.token_logprobs(trainer.train_model, mb, mb.draws)
+        assert torch.equal(new, mb.old_logp)
+
+
+def test_step_changes_every_parameter_and_reports_design_keys(tiny_cfg):
+    trainer = LanguageTrainer(tiny_cfg)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    metrics = trainer.train_step()
+    assert set(metrics) >= DESIGN_KEYS
+    assert trainer.step == 1 and trainer.samples == 2 * 4
+    assert metrics["skipped_updates"] == 0 and math.isfinite(metrics["loss"])
+    assert metrics["dipod_reg"] != 0.0
+    for name, p in trainer.model.named_parameters():
+        assert not torch.equal(before[name], p), f"parameter {name} has not changed"
+
+
+def test_same_seed_same_metrics_and_other_seed_differs(tiny_cfg):
+    a, b = LanguageTrainer(tiny_cfg), LanguageTrainer(tiny_cfg)
+    for _ in range(2):
+        assert same(a.train_step(), b.train_step())
+    c = LanguageTrainer(tiny_config(seed=4))
+    assert not same(LanguageTrainer(tiny_cfg).train_step(), c.train_step())
+
+
+def test_resume_is_bit_for_bit(tiny_cfg):
+    import copy
+
+    full = LanguageTrainer(tiny_cfg)
+    full.train_step()
+    state = copy.deepcopy(full.state_dict())
+    expected = [full.train_step(), full.train_step()]
+    resumed = LanguageTrainer(tiny_cfg)
+    resumed.load_state_dict(state)
+    assert (resumed.step, resumed.samples) == (1, 8)
+    for want in expected:
+        assert same(resumed.train_step(), want)
+    for (name, p), q in zip(full.model.named_parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(p, q), name
+
+
+@pytest.mark.parametrize(
+    "objective",
+    [
+        {"name": "fpo", "dipod_beta": 0.0},
+        {"name": "fpo", "dipod_beta": 0.05, "kl_beta": 0.04},
+        {"name": "spg", "dipod_beta": 0.05, "eubo_beta": 1.0, "elbo_scale": "mean"},
+        {"name": "diffu_grpo", "dipod_beta": 0.0, "kl_beta": 0.04, "kl_type": "k3"},
+        {"name": "diffu_grpo", "dipod_beta": 0.05},
+    ],
+)
+def test_every_objective_steps(objective):
+    trainer = LanguageTrainer(tiny_config(objective=objective, language={"micro_batch_size": 4}))
+    metrics = trainer.train_step()
+    assert metrics["skipped_updates"] == 0
+    for key in ("loss", "pg_loss", "ratio_mean", "clip_frac", "grad_norm"):
+        assert math.isfinite(metrics[key]), key
+    assert (metrics["dipod_reg"] != 0.0) == (objective["dipod_beta"] > 0)
+    if objective.get("kl_beta"):
+        assert "kl_ref" in metrics
+    if objective["name"] != "diffu_grpo" or objective["dipod_beta"] > 0:
+        assert math.isfinite(metrics["elbo_mean"])
+
+
+def _count_forwards(trainer: LanguageTrainer) -> list[int]:
+    calls = [0]
+    trainer.model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def test_dipod_term_adds_no_forward_pass():
+    counts = []
+    for beta in (0.0, 0.05):
+        trainer = LanguageTrainer(tiny_config(objective={"dipod_beta": beta}))
+        calls = _count_forwards(trainer)
+        trainer.train_step()
+        counts.append(calls[0])
+    assert counts[0] == counts[1]
+
+
+def test_lora_with_reference_term_trains_only_adapters():
+    cfg = tiny_config(
+        objective={"kl_beta": 0.04},
+        language={"model": {"finetune": "lora", "lora_r": 4, "lora_alpha": 8.0}},
+    )
+    trainer = LanguageTrainer(cfg)
+    frozen = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if not p.requires_grad}
+    metrics = trainer.train_step()
+    assert math.isfinite(metrics["kl_ref"])
+    for n, p in trainer.model.named_parameters():
+        if n in frozen:
+            assert torch.equal(frozen[n], p), n
+    assert all("lora_" in k for k in trainer.state_dict()["model"])
+
+
+def test_evaluate_is_greedy_and_repeatable(tiny_cfg):
+    trainer = LanguageTrainer(tiny_cfg)
+    first = trainer.evaluate()
+    assert set(first) == {"eval/accuracy", "eval/reward", "eval/effective_tokens", "eval/nfe"}
+    assert trainer.evaluate() == first
+    assert 0.0 <= first["eval/accuracy"] <= 1.0
+
+
+def test_invalid_combinations_fail_before_work():
+    with pytest.raises(ValueError, match="kl_beta must be 0 for spg"):
+        LanguageTrainer(tiny_config(objective={"name": "spg", "kl_beta": 0.1}))
+    with pytest.raises(ValueError, match="kl_type 'k3'"):
+        LanguageTrainer(tiny_config(objective={"name": "diffu_grpo", "kl_beta": 0.1}))
+    with pytest.raises(ValueError, match="use it with diffu_grpo"):
+        LanguageTrainer(tiny_config(objective={"name": "fpo", "kl_beta": 0.1, "kl_type": "k3"}))
+
+
+CONFIGS = sorted((ROOT / "configs" / "language").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_validate(path):
+    cfg = load_config(path)
+    assert cfg.domain == "language"
+
+
+def test_paper_scale_config_matches_release_hyperparameters():
+    cfg = load_config(ROOT / "configs/language/llada8b_gsm8k_fpo_dipod.yaml")
+    lang, o = cfg.language, cfg.objective
+    assert (lang.model.kind, lang.model.finetune, lang.model.lora_r, lang.model.lora_alpha) == ("hf", "lora", 128, 64)
+    assert lang.model.lora_dropout == 0.05 and lang.model.trust_remote_code
+    assert (o.name, o.dipod_beta, o.clip_low, o.clip_high, o.kl_beta) == ("fpo", 0.05, 0.5, 0.5, 0.04)
+    assert (cfg.optim.lr, cfg.optim.betas, cfg.optim.weight_decay, cfg.optim.max_grad_norm) == (
+        3e-6,
+        (0.9, 0.99),
+        0.1,
+        0.2,
+    )
+    assert (lang.group_size, lang.prompts_per_step, lang.num_iterations, lang.elbo_draws) == (6, 16, 12, 4)
+    s = lang.sampler
+    assert (s.gen_length, s.block_length, s.steps, s.temperature) == (256, 32, 128, 0.9)
+    assert cfg.train.bf16 and cfg.seed == 42 and lang.data.prompt_format == "d1"
+
+
+def test_unknown_key_names_it(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("domain: language\nlanguage:\n  task: sudoku\n  data:\n    eval_sise: 3\n")
+    with pytest.raises(ConfigError, match=r"language\.data\.eval_sise"):
+        load_config(bad)
