@@ -92,13 +92,22 @@ def sft(
         raise _fail(str(exc), EXIT_CONFIG) from None
     if cfg.domain != "language":
         raise _fail(f"{config}: sft trains language models; this config has domain {cfg.domain!r}", EXIT_CONFIG)
-    try:
-        from dipod.language.sft import run_sft
-    except ImportError as exc:
-        raise _fail(f"supervised training is not available in this installation ({exc})", 1) from None
+    from dipod.config import dump_config
+    from dipod.language.sft import train_sft
+    from dipod.runs.progress import RunProgress
+
     out = out or _default_out(f"{cfg.name}-sft")
-    result = run_sft(cfg, out, quiet=quiet)
-    typer.echo(f"sft finished: {out}" + (f" ({result})" if result else ""))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(dump_config(cfg))
+    with RunProgress(cfg.language.sft.steps, description=f"{cfg.name} (sft)", quiet=quiet) as progress:
+
+        def log(row: dict[str, float]) -> None:
+            progress.update(int(row["step"]), {"reward_mean": row["eval/reward"]} if "eval/reward" in row else {})
+
+        _, _, history = train_sft(cfg, out_dir=out, log=log)
+    evals = [row for row in history if "eval/accuracy" in row]
+    final = f", eval accuracy {evals[-1]['eval/accuracy']:.3f}" if evals else ""
+    typer.echo(f"sft finished: model and tokenizer in {out}{final}")
 
 
 def _resolve_checkpoint(target: Path) -> tuple[Path, Path | None]:

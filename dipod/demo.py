@@ -35,9 +35,17 @@ BUDGETS: dict[str, Budget] = {
     "default": Budget(seeds=(0, 1), overrides={"language": (), "control": ()}),
     # Seconds: exercises every piece end to end (used by the tests), numbers mean nothing.
     "small": Budget(
-        seeds=(0, 1),
+        seeds=(0,),
         overrides={
-            "language": ("train.steps=2", "train.checkpoint_every=1", "drift.every=1"),
+            "language": (
+                "train.steps=2",
+                "train.checkpoint_every=1",
+                "language.prompts_per_step=2",
+                "language.group_size=4",
+                "language.num_iterations=1",
+                "language.data.eval_size=8",
+                "language.eval_batch_size=8",
+            ),
             "control": ("train.steps=3", "train.eval_every=0", "drift.every=2", "control.eval_episodes=2"),
         },
     ),

@@ -18,7 +18,7 @@ import pytest
 
 import dipod.trainers as trainer_module
 from dipod.cli import app
-from tests.runs.cli_helpers import FAKE_CLI, cli_env, dipod, kill_during_run, rows_without_time, wait_for_rows
+from tests.runs.cli_helpers import FAKE_CLI, ROOT, cli_env, dipod, kill_during_run, rows_without_time, wait_for_rows
 from tests.runs.fake_trainer import FakeTrainer
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -171,3 +171,40 @@ def test_sft_and_train_reject_bad_config_file(tmp_path, monkeypatch, command):
     path.write_text("domain: language\nlanguage: {}\nobjective: {name: fpo_pp}\n")
     result = in_process(monkeypatch, *command, path, "--quiet")
     assert result.exit_code == 2 and "objective.name" in result.output
+
+
+def test_sft_tiny(tmp_path):
+    config = ROOT / "configs" / "language" / "sudoku_sft.yaml"
+    out = tmp_path / "sft"
+    sets = ["language.sft.steps=2", "language.data.eval_size=4", "language.eval_batch_size=4"]
+    result = dipod("sft", config, "--out", out, "--quiet", *[x for s in sets for x in ("--set", s)], fake=False)
+    assert result.returncode == 0, result.stderr
+    assert "sft finished" in result.stdout
+    assert (out / "model.safetensors").is_file() and (out / "config.yaml").is_file()
+    assert len((out / "sft_history.jsonl").read_text().splitlines()) == 2
+
+
+def test_demo_small_then_eval(tmp_path):
+    """The demo end to end with real trainers (language and control), then `dipod eval` on a language run."""
+    out = tmp_path / "demo"
+    result = dipod("demo", "--budget", "small", "--out", out, "--quiet", fake=False)
+    assert result.returncode == 0, result.stderr
+    report = out / "report" / "report.md"
+    assert f"report in {report}" in result.stdout
+    md = report.read_text()
+    for heading in ("## language-sudoku", "## control-bandit"):
+        assert heading in md
+    for variant in ("| FPO | 1 (0) |", "| FPO + DiPOD (β=0.05) | 1 (0) |", "| FPO++ | 1 (0) |"):
+        assert variant in md
+    pngs = sorted((out / "report").glob("*.png"))
+    assert {"language_sudoku_reward_mean.png", "control_bandit_drift_gap.png"} <= {p.name for p in pngs}
+    assert all(p.read_bytes()[:8] == PNG_MAGIC for p in pngs)
+    for png in pngs:
+        assert f"]({png.name})" in md
+
+    run = out / "runs" / "language-dipod-seed0"
+    result = dipod("eval", run, "--quiet", "--set", "language.data.eval_size=4", fake=False)
+    assert result.returncode == 0, result.stderr
+    evaluated = json.loads(result.stdout.splitlines()[0])
+    assert evaluated["step"] == 2
+    assert {"eval/accuracy", "eval/reward", "eval/effective_tokens", "eval/nfe"} <= set(evaluated)
