@@ -42,12 +42,17 @@ KEEP = (
 )
 
 
-def train_with_probe(config: str, seed: int, overrides: list[str]) -> Path:
-    """One run of ``train.steps`` steps with the probe every ``drift.every`` steps (and at step 0); returns its log."""
+def train_with_probe(config: str, seed: int, overrides: list[str], adaptive_budget: float | None = None) -> Path:
+    """One run of ``train.steps`` steps with the probe every ``drift.every`` steps (and at step 0); returns its log.
+
+    With ``adaptive_budget`` the DiPOD weight follows ``adapt_beta`` on each probe's gap (starting
+    from ``objective.dipod_beta``, clamped to [0.005, 0.4]).
+    """
     import numpy as np
     import torch
 
     from dipod.config import load_config
+    from dipod.diagnostics.adaptive_beta import AdaptiveBetaConfig, adapt_beta
     from dipod.diagnostics.drift import language_trainer_drift_probe
     from dipod.language.trainer import LanguageTrainer
 
@@ -71,6 +76,12 @@ def train_with_probe(config: str, seed: int, overrides: list[str]) -> Path:
                 t0 = time.perf_counter()
                 row.update(language_trainer_drift_probe(trainer, gen_probe, np_probe))
                 probe_s += time.perf_counter() - t0
+                if adaptive_budget is not None:
+                    rule = AdaptiveBetaConfig(budget=adaptive_budget, beta_min=0.005, beta_max=0.4)
+                    trainer.cfg.objective.dipod_beta = adapt_beta(
+                        trainer.cfg.objective.dipod_beta, row["drift/gap"], rule
+                    )
+            row["beta"] = trainer.cfg.objective.dipod_beta
             if step == steps:
                 row.update(trainer.evaluate())
             row.update(time_s=time.perf_counter() - start, train_s=train_s, probe_s=probe_s)
@@ -96,6 +107,8 @@ def summarise(paths: list[Path]) -> dict:
     variants: dict[str, list[list[dict]]] = {}
     for path in paths:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if not rows:  # a run that has just started
+            continue
         variants.setdefault(path.stem.rsplit("_seed", 1)[0], []).append(rows)
     out = {}
     for name, runs in sorted(variants.items()):
@@ -188,12 +201,13 @@ def main() -> None:
     parser.add_argument("--configs", nargs="*", default=CONFIGS)
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--set", nargs="*", default=[], dest="overrides")
+    parser.add_argument("--adaptive-budget", type=float, default=None, help="adapt beta to this gap (nats)")
     parser.add_argument("--summarise-only", action="store_true")
     args = parser.parse_args()
     if not args.summarise_only:
         for seed in args.seeds:  # seed-major, so a cut-short sweep still has every variant
             for config in args.configs:
-                print("done", train_with_probe(config, seed, args.overrides), flush=True)
+                print("done", train_with_probe(config, seed, args.overrides, args.adaptive_budget), flush=True)
     summary = summarise(sorted(RUNS.glob("*.jsonl")))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "language_drift.json").write_text(json.dumps(summary))
