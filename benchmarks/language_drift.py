@@ -6,7 +6,8 @@ streams (so probing does not change the training trajectory): drift/elbo, drift/
 importance-weighted bound over ``drift.num_orders`` orders; exact enumeration is out of reach at
 L = 16), drift/gap and drift/grad_cosine. One JSON row per step goes to
 benchmarks/results/language_drift_runs/<name>_seed<k>.jsonl; the summary, table and figure to
-benchmarks/results/language_drift.{json,png}.
+benchmarks/results/language_drift.{json,png}. Configs: configs/experiments/sudoku_*_drift.yaml
+(the tiny Sudoku configs at a 2-CPU budget, drift.every 10, probe_size 8, num_orders 8).
 
     PYTHONPATH=. OMP_NUM_THREADS=1 nohup python benchmarks/language_drift.py --seeds 0 1 2 > lang.log 2>&1 &
     PYTHONPATH=. python benchmarks/language_drift.py --summarise-only
@@ -24,10 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = RESULTS / "language_drift_runs"
 CONFIGS = [
-    "configs/language/sudoku_fpo.yaml",
-    "configs/language/sudoku_fpo_dipod.yaml",
-    "configs/language/sudoku_spg.yaml",
-    "configs/language/sudoku_spg_dipod.yaml",
+    "configs/experiments/sudoku_fpo_drift.yaml",
+    "configs/experiments/sudoku_fpo_dipod_drift.yaml",
+    "configs/experiments/sudoku_spg_drift.yaml",
+    "configs/experiments/sudoku_spg_dipod_drift.yaml",
 ]
 KEEP = (
     "step",
@@ -41,17 +42,23 @@ KEEP = (
 )
 
 
-def train_with_probe(config: str, seed: int, steps: int, every: int, overrides: list[str]) -> Path:
-    """One run with the probe every ``every`` steps (and at step 0); returns its JSONL log."""
+def train_with_probe(config: str, seed: int, overrides: list[str], adaptive_budget: float | None = None) -> Path:
+    """One run of ``train.steps`` steps with the probe every ``drift.every`` steps (and at step 0); returns its log.
+
+    With ``adaptive_budget`` the DiPOD weight follows ``adapt_beta`` on each probe's gap (starting
+    from ``objective.dipod_beta``, clamped to [0.005, 0.4]).
+    """
     import numpy as np
     import torch
 
     from dipod.config import load_config
+    from dipod.diagnostics.adaptive_beta import AdaptiveBetaConfig, adapt_beta
     from dipod.diagnostics.drift import language_trainer_drift_probe
     from dipod.language.trainer import LanguageTrainer
 
     torch.set_num_threads(1)
-    cfg = load_config(ROOT / config, [*overrides, f"seed={seed}", f"train.steps={steps}"])
+    cfg = load_config(ROOT / config, [*overrides, f"seed={seed}"])
+    steps, every = cfg.train.steps, cfg.drift.every
     trainer = LanguageTrainer(cfg)
     gen_probe = torch.Generator(device=trainer.device).manual_seed(1000 * seed + 3)
     np_probe = np.random.default_rng(1000 * seed + 3)
@@ -65,10 +72,16 @@ def train_with_probe(config: str, seed: int, steps: int, every: int, overrides: 
                 t0 = time.perf_counter()
                 row.update(trainer.train_step())
                 train_s += time.perf_counter() - t0
-            if step % every == 0:
+            if every and step % every == 0:
                 t0 = time.perf_counter()
                 row.update(language_trainer_drift_probe(trainer, gen_probe, np_probe))
                 probe_s += time.perf_counter() - t0
+                if adaptive_budget is not None:
+                    rule = AdaptiveBetaConfig(budget=adaptive_budget, beta_min=0.005, beta_max=0.4)
+                    trainer.cfg.objective.dipod_beta = adapt_beta(
+                        trainer.cfg.objective.dipod_beta, row["drift/gap"], rule
+                    )
+            row["beta"] = trainer.cfg.objective.dipod_beta
             if step == steps:
                 row.update(trainer.evaluate())
             row.update(time_s=time.perf_counter() - start, train_s=train_s, probe_s=probe_s)
@@ -94,6 +107,8 @@ def summarise(paths: list[Path]) -> dict:
     variants: dict[str, list[list[dict]]] = {}
     for path in paths:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if not rows:  # a run that has just started
+            continue
         variants.setdefault(path.stem.rsplit("_seed", 1)[0], []).append(rows)
     out = {}
     for name, runs in sorted(variants.items()):
@@ -185,15 +200,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="*", default=CONFIGS)
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--every", type=int, default=10)
     parser.add_argument("--set", nargs="*", default=[], dest="overrides")
+    parser.add_argument("--adaptive-budget", type=float, default=None, help="adapt beta to this gap (nats)")
     parser.add_argument("--summarise-only", action="store_true")
     args = parser.parse_args()
     if not args.summarise_only:
         for seed in args.seeds:  # seed-major, so a cut-short sweep still has every variant
             for config in args.configs:
-                print("done", train_with_probe(config, seed, args.steps, args.every, args.overrides), flush=True)
+                print("done", train_with_probe(config, seed, args.overrides, args.adaptive_budget), flush=True)
     summary = summarise(sorted(RUNS.glob("*.jsonl")))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "language_drift.json").write_text(json.dumps(summary))

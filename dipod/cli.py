@@ -92,26 +92,38 @@ def sft(
         raise _fail(str(exc), EXIT_CONFIG) from None
     if cfg.domain != "language":
         raise _fail(f"{config}: sft trains language models; this config has domain {cfg.domain!r}", EXIT_CONFIG)
-    try:
-        from dipod.language.sft import run_sft
-    except ImportError as exc:
-        raise _fail(f"supervised training is not available in this installation ({exc})", 1) from None
+    from dipod.config import dump_config
+    from dipod.language.sft import train_sft
+    from dipod.runs.progress import RunProgress
+
     out = out or _default_out(f"{cfg.name}-sft")
-    result = run_sft(cfg, out, quiet=quiet)
-    typer.echo(f"sft finished: {out}" + (f" ({result})" if result else ""))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(dump_config(cfg))
+    with RunProgress(cfg.language.sft.steps, description=f"{cfg.name} (sft)", quiet=quiet) as progress:
+
+        def log(row: dict[str, float]) -> None:
+            progress.update(int(row["step"]), {"reward_mean": row["eval/reward"]} if "eval/reward" in row else {})
+
+        _, _, history = train_sft(cfg, out_dir=out, log=log)
+    evals = [row for row in history if "eval/accuracy" in row]
+    final = f", eval accuracy {evals[-1]['eval/accuracy']:.3f}" if evals else ""
+    typer.echo(f"sft finished: model and tokenizer in {out}{final}")
 
 
-def _resolve_checkpoint(target: Path) -> tuple[Path, Path | None]:
-    """(checkpoint file, run dir or None) for a run directory or a checkpoint path."""
-    from dipod.runs.checkpoint import list_checkpoints
+def _load_target(target: Path) -> tuple[Path, dict, Path | None]:
+    """(checkpoint file, its payload, run dir or None) for a checkpoint path or a run directory.
+
+    For a run directory the newest readable checkpoint is used, falling back past unreadable ones.
+    """
+    from dipod.runs.checkpoint import latest_checkpoint, load_checkpoint
 
     if target.is_file():
         run_dir = target.parent.parent if target.parent.name == "checkpoints" else None
-        return target, run_dir
-    found = list_checkpoints(target / "checkpoints")
-    if not found:
+        return target, load_checkpoint(target), run_dir
+    found = latest_checkpoint(target / "checkpoints", warn=lambda m: typer.echo(m, err=True))
+    if found is None:
         raise FileNotFoundError(f"{target} is neither a checkpoint file nor a run directory with checkpoints/")
-    return found[-1], target
+    return found[0], found[1], target
 
 
 @app.command("eval")
@@ -124,12 +136,11 @@ def eval_(
     """Evaluate a checkpoint (accuracy / return, reward, effective tokens, NFE) and write the metrics as JSON."""
     from dipod import trainers
     from dipod.config import ConfigError, apply_overrides, validate_config
-    from dipod.runs.checkpoint import CheckpointError, load_checkpoint
+    from dipod.runs.checkpoint import CheckpointError
     from dipod.runs.rng import set_global_rng_state
 
     try:
-        path, run_dir = _resolve_checkpoint(target)
-        payload = load_checkpoint(path)
+        path, payload, run_dir = _load_target(target)
     except (FileNotFoundError, CheckpointError) as exc:
         raise _fail(str(exc), 1) from None
     try:

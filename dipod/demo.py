@@ -35,9 +35,20 @@ BUDGETS: dict[str, Budget] = {
     "default": Budget(seeds=(0, 1), overrides={"language": (), "control": ()}),
     # Seconds: exercises every piece end to end (used by the tests), numbers mean nothing.
     "small": Budget(
-        seeds=(0, 1),
+        seeds=(0,),
         overrides={
-            "language": ("train.steps=2", "train.checkpoint_every=1", "drift.every=1"),
+            "language": (
+                "train.steps=2",
+                "train.checkpoint_every=1",
+                "drift.every=2",
+                "drift.probe_size=2",
+                "drift.num_orders=2",
+                "language.prompts_per_step=2",
+                "language.group_size=4",
+                "language.num_iterations=1",
+                "language.data.eval_size=8",
+                "language.eval_batch_size=8",
+            ),
             "control": ("train.steps=3", "train.eval_every=0", "drift.every=2", "control.eval_episodes=2"),
         },
     ),
@@ -74,7 +85,7 @@ def run_demo(
     from dipod.diagnostics.report import write_report
     from dipod.runs import run_training
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     say = console.print if not quiet else (lambda *a, **k: None)
     out = Path(out)
     runs = demo_configs(budget, domains)
@@ -83,9 +94,13 @@ def run_demo(
     run_dirs = []
     for i, (name, cfg) in enumerate(runs, 1):
         run_dir = out / "runs" / name
-        say(f"[{i}/{len(runs)}] {name}: {cfg.domain}, {cfg.objective.name}, dipod_beta={cfg.objective.dipod_beta}"
-            f" -> {run_dir}", markup=False)
-        run_training(cfg, run_dir, trainer_factory=trainers.build_trainer, resume=True, quiet=quiet)
+        say(
+            f"[{i}/{len(runs)}] {name}: {cfg.domain}, {cfg.objective.name}, dipod_beta={cfg.objective.dipod_beta}"
+            f" -> {run_dir}",
+            markup=False,
+        )
+        resume = run_dir.exists()  # continue a demo that was cut short
+        run_training(cfg, run_dir, trainer_factory=trainers.build_trainer, resume=resume, quiet=quiet)
         run_dirs.append(run_dir)
     report_dir = out / "report"
     write_report(run_dirs, report_dir)

@@ -8,18 +8,19 @@ trainers are exercised in tests/runs/test_real_runs.py.
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-FAKE_CLI = ROOT / "tests" / "runs" / "fake_cli.py"
+import dipod.trainers as trainer_module
+from dipod.cli import app
+from tests.runs.cli_helpers import FAKE_CLI, ROOT, cli_env, dipod, kill_during_run, rows_without_time, wait_for_rows
+from tests.runs.fake_trainer import FakeTrainer
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 CONFIG = """\
@@ -36,25 +37,18 @@ control: {{}}
 """
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **extra}
-    return env
+def in_process(monkeypatch, *args: object, nan_from: int | None = None):
+    """``dipod ARGS`` in this process (for error paths; signals and end-to-end runs use subprocesses)."""
+    from typer.testing import CliRunner
 
-
-def dipod(*args: str, fake: bool = True, **env: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(FAKE_CLI)] if fake else [sys.executable, "-m", "dipod.cli"]
-    return subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, env=_env(**env), timeout=300)
+    monkeypatch.setattr(trainer_module, "build_trainer", lambda cfg, device=None: FakeTrainer(cfg, nan_from=nan_from))
+    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def _config(tmp_path: Path, steps: int = 6) -> Path:
     path = tmp_path / "fake.yaml"
     path.write_text(CONFIG.format(steps=steps))
     return path
-
-
-def _rows(run_dir: Path) -> list[dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "time_s"} for line in lines]
 
 
 def test_help_on_every_command():
@@ -65,16 +59,17 @@ def test_help_on_every_command():
         assert "--resume" in result.stdout or command != ["train"]
 
 
-def test_config_errors_exit_2_before_work(tmp_path):
+def test_config_errors_exit_2_before_work(tmp_path, monkeypatch):
     cfg = _config(tmp_path)
     result = dipod("train", cfg, "--set", "optim.lrr=0.1", "--out", tmp_path / "run", "--quiet")
     assert result.returncode == 2
     assert "unknown key `optim.lrr`" in result.stderr and "did you mean `optim.lr`" in result.stderr
     assert not (tmp_path / "run").exists()
-    result = dipod("train", tmp_path / "missing.yaml", "--quiet")
-    assert result.returncode == 2 and "does not exist" in result.stderr
-    result = dipod("train", cfg, "--set", "train.steps=-1", "--quiet", "--out", tmp_path / "run")
-    assert result.returncode == 2 and "train.steps" in result.stderr
+    result = in_process(monkeypatch, "train", tmp_path / "missing.yaml", "--quiet")
+    assert result.exit_code == 2 and "does not exist" in result.output
+    result = in_process(monkeypatch, "train", cfg, "--set", "train.steps=-1", "--quiet", "--out", tmp_path / "run")
+    assert result.exit_code == 2 and "train.steps" in result.output
+    assert not (tmp_path / "run").exists()
 
 
 def test_train_eval_report(tmp_path):
@@ -86,93 +81,137 @@ def test_train_eval_report(tmp_path):
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints", "tb"):
         assert (run / name).exists(), name
     assert "dipod_beta: 0.05" in (run / "config.yaml").read_text()
-    rows = _rows(run)
+    rows = rows_without_time(run)
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert "eval/reward" in rows[3] and "drift/gap" in rows[4]
-
-    again = dipod("train", cfg, "--out", run, "--quiet")
-    assert again.returncode == 2 and "--resume" in again.stderr
 
     result = dipod("eval", run, "--quiet")
     assert result.returncode == 0, result.stderr
     evaluated = json.loads(result.stdout.splitlines()[0])
     assert evaluated["step"] == 6 and evaluated["eval/reward"] == rows[-1]["eval/reward"]
     assert json.loads((run / "eval_step_00000006.json").read_text())["eval/reward"] == evaluated["eval/reward"]
-    result = dipod("eval", run / "checkpoints" / "step_00000003.pt", "--out", tmp_path / "e3.json", "--quiet")
-    assert result.returncode == 0 and json.loads((tmp_path / "e3.json").read_text())["step"] == 3
 
     result = dipod("report", run, "--out", tmp_path / "report")
     assert result.returncode == 0, result.stderr
     assert "| FPO + DiPOD (β=0.05) | 1 (3) |" in result.stdout
     pngs = list((tmp_path / "report").glob("*.png"))
     assert len(pngs) == 4 and all(p.read_bytes()[:8] == PNG_MAGIC for p in pngs)
-    assert dipod("report", tmp_path / "nothing", "--out", tmp_path / "r2").returncode == 1
 
 
-def test_eval_of_corrupt_checkpoint_names_the_file(tmp_path):
+def test_in_process_paths(tmp_path, monkeypatch):
+    cfg = _config(tmp_path, steps=4)  # checkpoints after steps 3 and 4
+    run = tmp_path / "run"
+    assert in_process(monkeypatch, "train", cfg, "--out", run, "--quiet").exit_code == 0
+    again = in_process(monkeypatch, "train", cfg, "--out", run, "--quiet")
+    assert again.exit_code == 2 and "--resume" in again.output
+    result = in_process(monkeypatch, "train", cfg, "--resume", "--quiet")
+    assert result.exit_code == 2 and "--resume needs --out" in result.output
+    result = in_process(monkeypatch, "eval", run / "checkpoints" / "step_00000003.pt", "--out", tmp_path / "e.json")
+    assert result.exit_code == 0 and json.loads((tmp_path / "e.json").read_text())["step"] == 3
+    assert "eval/reward" in result.output
+    assert in_process(monkeypatch, "eval", tmp_path / "nothing").exit_code == 1
+    newest = run / "checkpoints" / "step_00000004.pt"
+    newest.write_bytes(newest.read_bytes()[:64])  # truncated: eval of the run dir falls back to step 3
+    result = in_process(monkeypatch, "eval", run, "--quiet")
+    assert result.exit_code == 0 and str(newest) in result.output and "falling back" in result.output
+    assert '"step": 3' in result.output
+    result = in_process(monkeypatch, "report", tmp_path / "nothing", "--out", tmp_path / "r2")
+    assert result.exit_code == 1 and "not a run directory" in result.output
+
+
+def test_eval_of_corrupt_checkpoint_names_the_file(tmp_path, monkeypatch):
     bad = tmp_path / "step_00000001.pt"
     bad.write_bytes(b"not a checkpoint")
-    result = dipod("eval", bad, "--quiet")
-    assert result.returncode == 1 and str(bad) in result.stderr and "corrupt" in result.stderr
+    result = in_process(monkeypatch, "eval", bad, "--quiet")
+    assert result.exit_code == 1 and str(bad) in result.output and "corrupt" in result.output
 
 
-def test_nan_run_stops_with_message(tmp_path):
-    result = dipod("train", _config(tmp_path, steps=30), "--out", tmp_path / "run", "--quiet",
-                   "--set", "train.max_bad_steps=2", FAKE_NAN_FROM="4")
-    assert result.returncode == 1
-    assert "stopped at step 5: 2 consecutive steps" in result.stderr
+def test_nan_run_stops_with_message(tmp_path, monkeypatch):
+    cfg = _config(tmp_path, steps=30)
+    args = ["train", cfg, "--out", tmp_path / "run", "--quiet", "--set", "train.max_bad_steps=2"]
+    result = in_process(monkeypatch, *args, nan_from=4)
+    assert result.exit_code == 1
+    assert "stopped at step 5: 2 consecutive steps" in result.output
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "stopped"
 
 
-def _wait_for_rows(path: Path, count: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_text().count("\n") >= count:
-            return
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.01)
-    raise AssertionError(f"{path} did not reach {count} rows")
-
-
-def test_sigkill_then_resume_is_bit_for_bit(tmp_path):
+def test_sigkill_then_resume_is_bit_for_bit(tmp_path, monkeypatch):
     steps = 24
     cfg = _config(tmp_path, steps=steps)
     full = tmp_path / "full"
-    assert dipod("train", cfg, "--out", full, "--quiet").returncode == 0
+    assert in_process(monkeypatch, "train", cfg, "--out", full, "--quiet").exit_code == 0  # the reference
     rng = random.Random(7)
     part = tmp_path / "part"
-    for _ in range(2):  # killed twice, at random points
-        kill_after = rng.randint(1, steps - 2)
-        cmd = [sys.executable, str(FAKE_CLI), "train", str(cfg), "--out", str(part), "--quiet", "--resume"]
-        proc = subprocess.Popen(cmd, env=_env(FAKE_DELAY_S="0.03"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        _wait_for_rows(part / "metrics.jsonl", kill_after, proc)
-        time.sleep(rng.random() * 0.05)  # somewhere inside a step
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    for _ in range(2):  # killed twice, at random points inside a step
+        args = ["train", cfg, "--out", part, "--quiet", "--resume"]
+        killed = kill_during_run(
+            args, part, rng.randint(1, steps - 2), fake=True, extra_sleep=rng.random() * 0.05, FAKE_DELAY_S="0.03"
+        )
+        assert killed
     result = dipod("train", cfg, "--out", part, "--quiet", "--resume")
     assert result.returncode == 0, result.stderr
-    assert _rows(part) == _rows(full)
+    assert rows_without_time(part) == rows_without_time(full)
 
 
 def test_sigint_writes_checkpoint(tmp_path):
     cfg = _config(tmp_path, steps=200)
     run = tmp_path / "run"
     cmd = [sys.executable, str(FAKE_CLI), "train", str(cfg), "--out", str(run), "--quiet"]
-    proc = subprocess.Popen(cmd, env=_env(FAKE_DELAY_S="0.03"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    _wait_for_rows(run / "metrics.jsonl", 4, proc)
+    proc = subprocess.Popen(
+        cmd, env=cli_env(FAKE_DELAY_S="0.03"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert wait_for_rows(run / "metrics.jsonl", 4, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted after step" in err
-    rows = _rows(run)
+    rows = rows_without_time(run)
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert names[-1] == f"step_{rows[-1]['step']:08d}.pt"  # the interrupted step is checkpointed
 
 
 @pytest.mark.parametrize("command", [["sft"], ["train"]])
-def test_sft_and_train_reject_bad_config_file(tmp_path, command):
+def test_sft_and_train_reject_bad_config_file(tmp_path, monkeypatch, command):
     path = tmp_path / "bad.yaml"
     path.write_text("domain: language\nlanguage: {}\nobjective: {name: fpo_pp}\n")
-    result = dipod(*command, path, "--quiet")
-    assert result.returncode == 2 and "objective.name" in result.stderr
+    result = in_process(monkeypatch, *command, path, "--quiet")
+    assert result.exit_code == 2 and "objective.name" in result.output
+
+
+def test_sft_tiny(tmp_path):
+    config = ROOT / "configs" / "language" / "sudoku_sft.yaml"
+    out = tmp_path / "sft"
+    sets = ["language.sft.steps=2", "language.data.eval_size=4", "language.eval_batch_size=4"]
+    result = dipod("sft", config, "--out", out, "--quiet", *[x for s in sets for x in ("--set", s)], fake=False)
+    assert result.returncode == 0, result.stderr
+    assert "sft finished" in result.stdout
+    assert (out / "model.safetensors").is_file() and (out / "config.yaml").is_file()
+    assert len((out / "sft_history.jsonl").read_text().splitlines()) == 2
+
+
+def test_demo_small_then_eval(tmp_path):
+    """The demo end to end with real trainers (language and control), then `dipod eval` on a language run."""
+    out = tmp_path / "demo"
+    result = dipod("demo", "--budget", "small", "--out", out, "--quiet", fake=False)
+    assert result.returncode == 0, result.stderr
+    report = out / "report" / "report.md"
+    assert f"report in {report}" in result.stdout
+    md = report.read_text()
+    for heading in ("## language-sudoku", "## control-bandit"):
+        assert heading in md
+    for variant in ("| FPO | 1 (0) |", "| FPO + DiPOD (β=0.05) | 1 (0) |", "| FPO++ | 1 (0) |"):
+        assert variant in md
+    pngs = sorted((out / "report").glob("*.png"))
+    assert {"language_sudoku_reward_mean.png", "language_sudoku_drift_gap.png", "control_bandit_drift_gap.png"} <= {
+        p.name for p in pngs
+    }
+    assert all(p.read_bytes()[:8] == PNG_MAGIC for p in pngs)
+    for png in pngs:
+        assert f"]({png.name})" in md
+
+    run = out / "runs" / "language-dipod-seed0"
+    result = dipod("eval", run, "--quiet", "--set", "language.data.eval_size=4", fake=False)
+    assert result.returncode == 0, result.stderr
+    evaluated = json.loads(result.stdout.splitlines()[0])
+    assert evaluated["step"] == 2
+    assert {"eval/accuracy", "eval/reward", "eval/effective_tokens", "eval/nfe"} <= set(evaluated)

@@ -1,1 +1,10 @@
-"""Flow policies for continuous control: policy and critic, environments, the RL trainer, self-distillation."""
+"""Flow policies for continuous control: policy and critic, environments, the RL trainer, self-distillation.
+
+- ``policy``: ``FlowPolicy`` (velocity field + Euler sampler, CFM losses, exact Euler log-likelihood),
+  ``GaussianPolicy`` (the PPO baseline), ``Critic``.
+- ``normalizer``: running observation normalisation (Welford), saved with the trainer's state.
+- ``envs``: gymnasium vector envs with same-step autoreset and env snapshots; the multimodal bandit.
+- ``trainer``: ``ControlTrainer`` (rollout, GAE, FPO / FPO++ / Gaussian PPO updates, DiPOD term, drift probe).
+- ``self_distill``: the pre-RL stage that fits a frozen copy's own samples.
+- ``experiment``: return-vs-env-steps runs over seeds, summaries and plots.
+"""

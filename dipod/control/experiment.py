@@ -18,7 +18,11 @@ from dipod.config import RunConfig, load_config
 
 
 def run_curve(cfg: RunConfig, env_steps: int, log_path: Path, *, eval_at_end: bool = True) -> dict:
-    """Train until ``env_steps`` env steps; returns the curve (samples, episode_return) and timings."""
+    """Train until ``env_steps`` env steps; returns the curve (samples, episode_return) and timings.
+
+    With ``cfg.drift.every`` > 0 (flow policies) the drift probe (ELBO, exact log-likelihood, gap,
+    gradient cosine) is logged every that many steps.
+    """
     import torch
 
     from dipod.control.trainer import ControlTrainer
@@ -26,14 +30,20 @@ def run_curve(cfg: RunConfig, env_steps: int, log_path: Path, *, eval_at_end: bo
     torch.set_num_threads(1)
     trainer = ControlTrainer(cfg)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    samples, returns = [], []
+    samples, returns, drift, elbo = [], [], [], []
+    every = cfg.drift.every if cfg.control is not None and cfg.control.policy == "flow" else 0
     start = time.perf_counter()
     with log_path.open("w") as log:
         while trainer.samples < env_steps:
             metrics = trainer.train_step()
+            if every and trainer.step % every == 0:
+                probe = trainer.drift_probe()
+                metrics.update(probe)
+                drift.append({"samples": trainer.samples, **probe})
             row = {"step": trainer.step, "samples": trainer.samples, "time_s": time.perf_counter() - start, **metrics}
             log.write(json.dumps(row) + "\n")
             log.flush()
+            elbo.append(metrics["elbo_mean"])
             if "episode_return" in metrics:
                 samples.append(trainer.samples)
                 returns.append(metrics["episode_return"])
@@ -45,6 +55,8 @@ def run_curve(cfg: RunConfig, env_steps: int, log_path: Path, *, eval_at_end: bo
         "env_steps": trainer.samples,
         "wall_s": time.perf_counter() - start,
         "self_distill_s": trainer.self_distill_time_s,
+        "drift": drift,
+        "elbo_mean": elbo,
     }
     if eval_at_end:
         result.update(trainer.evaluate())
@@ -83,6 +95,11 @@ def smoothed_curve(samples: list[int], values: list[float], grid: np.ndarray) ->
     return out
 
 
+def _tail_mean(series: list[list[float]]) -> float | None:
+    tails = [np.mean(x[-max(1, len(x) // 10) :]) for x in series if x]
+    return float(np.mean(tails)) if tails else None
+
+
 def summarise(results: list[dict], *, threshold: float | None = None, points: int = 100) -> dict:
     """Per variant: final return mean/std over seeds, env steps to reach ``threshold``, mean curve."""
     variants: dict[str, list[dict]] = {}
@@ -101,6 +118,8 @@ def summarise(results: list[dict], *, threshold: float | None = None, points: in
             "final_return_std": float(np.std(finals)),
             "eval_return": [r.get("eval/return") for r in runs],
             "wall_s": [r["wall_s"] for r in runs],
+            # Mean training ELBO surrogate (-CFM on the rollout's own actions) over each run's last 10% of steps.
+            "final_elbo_mean": _tail_mean([r.get("elbo_mean", []) for r in runs]),
             "grid": grid.tolist(),
             "mean_curve": np.nanmean(curves, axis=0).tolist() if np.isfinite(curves).any() else [],
         }
@@ -141,3 +160,60 @@ def plot_curves(results: list[dict], path: Path, *, title: str, threshold: float
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def results_from_logs(paths: list[Path]) -> list[dict]:
+    """Rebuild run results from per-step JSONL logs (``<name>_seed<k>.jsonl``), e.g. of an unfinished run."""
+    results = []
+    for path in paths:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        name, _, seed = path.stem.rpartition("_seed")
+        curve = [(r["samples"], r["episode_return"]) for r in rows if "episode_return" in r]
+        drift_keys = ("drift/elbo", "drift/loglik", "drift/gap", "drift/grad_cosine")
+        results.append(
+            {
+                "name": name,
+                "seed": int(seed),
+                "samples": [s for s, _ in curve],
+                "episode_return": [v for _, v in curve],
+                "env_steps": rows[-1]["samples"] if rows else 0,
+                "wall_s": rows[-1]["time_s"] if rows else 0.0,
+                "elbo_mean": [r["elbo_mean"] for r in rows if "elbo_mean" in r],
+                "drift": [{"samples": r["samples"], **{k: r[k] for k in drift_keys}} for r in rows if "drift/gap" in r],
+                "from_log": str(path),
+            }
+        )
+    return results
+
+
+def plot_drift(results: list[dict], path: Path, *, title: str) -> bool:
+    """PNG of the drift probe (gap log pi - ELBO surrogate, gradient cosine) vs env steps; False if none logged."""
+    runs = [r for r in results if r.get("drift")]
+    if not runs:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_gap, ax_cos) = plt.subplots(1, 2, figsize=(11, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    names = sorted({r["name"] for r in runs})
+    for color, name in zip(colors, names, strict=False):
+        for i, r in enumerate(x for x in runs if x["name"] == name):
+            steps = [d["samples"] for d in r["drift"]]
+            label = name if i == 0 else None
+            ax_gap.plot(steps, [d["drift/gap"] for d in r["drift"]], color=color, alpha=0.8, label=label)
+            ax_cos.plot(steps, [d["drift/grad_cosine"] for d in r["drift"]], color=color, alpha=0.8, label=label)
+    ax_gap.set_ylabel("drift/gap: exact Euler log pi - (-CFM)")
+    ax_cos.set_ylabel("drift/grad_cosine: proxy vs true PG")
+    for ax in (ax_gap, ax_cos):
+        ax.set_xlabel("env steps")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections import deque
 
 import numpy as np
@@ -183,8 +184,6 @@ class ControlTrainer:
         return torch.cat(obs_list).clone(), torch.cat(act_list).clone()
 
     def _run_self_distill(self) -> dict[str, float]:
-        import time
-
         cc = self.cc
         start = time.perf_counter()
         assert isinstance(self.actor, FlowPolicy)
@@ -358,7 +357,7 @@ class ControlTrainer:
         if not isinstance(self.actor, FlowPolicy):
             raise ValueError("drift_probe needs a flow policy (the Gaussian baseline's likelihood is exact)")
         if self._last_batch is None:
-            self.train_step_rollout_only()
+            self._fill_probe_batch()
         assert self._last_batch is not None
         b = self._last_batch
         size = min(self.cfg.drift.probe_size, b["obs"].shape[0])
@@ -382,7 +381,7 @@ class ControlTrainer:
             "drift/grad_cosine": float(cosine),
         }
 
-    def train_step_rollout_only(self) -> None:
+    def _fill_probe_batch(self) -> None:
         """Fill the drift probe's batch with one rollout and its advantages, without updating."""
         roll = self._rollout()
         advantages, _ = gae(
@@ -412,9 +411,10 @@ class ControlTrainer:
                 "probe": self.gen_probe.get_state(),
             },
             "envs": snapshot_vector_env(self.envs),
-            "obs": self._obs.copy(),
-            "ep_return": self._ep_return.copy(),
-            "ep_length": self._ep_length.copy(),
+            # Tensors, bytes and plain Python only, so torch.load(..., weights_only=True) reads it back.
+            "obs": torch.from_numpy(self._obs.copy()),
+            "ep_return": torch.from_numpy(self._ep_return.copy()),
+            "ep_length": torch.from_numpy(self._ep_length.copy()),
             "finished": list(self._finished),
             "self_distill_done": self._self_distill_done,
             "last_batch": None if self._last_batch is None else {k: v.clone() for k, v in self._last_batch.items()},
@@ -433,9 +433,9 @@ class ControlTrainer:
         self.gen_update.set_state(state["generators"]["update"])
         self.gen_probe.set_state(state["generators"]["probe"])
         restore_vector_env(self.envs, state["envs"])
-        self._obs = np.array(state["obs"], dtype=np.float32)
-        self._ep_return = np.array(state["ep_return"], dtype=np.float64)
-        self._ep_length = np.array(state["ep_length"], dtype=np.int64)
+        self._obs = state["obs"].numpy().astype(np.float32)
+        self._ep_return = state["ep_return"].numpy().astype(np.float64)
+        self._ep_length = state["ep_length"].numpy().astype(np.int64)
         self._finished = deque((tuple(x) for x in state["finished"]), maxlen=RETURN_WINDOW)
         self._self_distill_done = bool(state["self_distill_done"])
         last = state.get("last_batch")

@@ -26,7 +26,7 @@ OBJECTIVE_LABELS = {"fpo": "FPO", "fpo_pp": "FPO++", "spg": "SPG", "diffu_grpo":
 
 PLOTTED = {
     "reward_mean": "training reward (rollout mean per {reward_unit})",
-    "elbo_mean": "ELBO of rollout samples",
+    "elbo_mean": "ELBO estimate of rollout samples",
     "drift/gap": "log-likelihood − ELBO (nats)",
     "drift/grad_cosine": "cos(proxy grad, true PG)",
 }
@@ -110,8 +110,9 @@ def _slug(text: str) -> str:
 
 
 def _table(runs_by_variant: dict[str, list[RunRecord]]) -> tuple[list[str], dict[str, dict[str, Any]]]:
-    eval_keys = sorted({k for runs in runs_by_variant.values() for r in runs for row in r.rows for k in row
-                        if k.startswith("eval/")})
+    eval_keys = sorted(
+        {k for runs in runs_by_variant.values() for r in runs for row in r.rows for k in row if k.startswith("eval/")}
+    )
     header = ["variant", "seeds", "final reward", "best reward", "final gap", *[f"final {k}" for k in eval_keys]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     numbers: dict[str, dict[str, Any]] = {}

@@ -3,6 +3,7 @@
 import io
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -113,6 +114,7 @@ def test_same_seed_gives_identical_metrics():
 @pytest.mark.parametrize(
     "extra",
     [
+        {"vector_mode": "async", "num_envs": 2},
         {},
         {"self_distill_iterations": 2, "self_distill_batch_size": 32},
         {"policy": "gaussian", "objective": {"name": "fpo"}},
@@ -131,10 +133,10 @@ def test_resume_from_state_dict_is_bit_for_bit(extra):
     first.close()
     buffer.seek(0)
     resumed = ControlTrainer(_cfg(**dict(extra)))
-    resumed.load_state_dict(torch.load(buffer, weights_only=False))
-    assert resumed.step == 2 and resumed.samples == 2 * NUM_ENVS * ROLLOUT + (
-        2 * NUM_ENVS * 8 if "self_distill_iterations" in extra else 0
-    )
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    envs = extra.get("num_envs", NUM_ENVS)
+    teacher_steps = 2 * envs * 8 if "self_distill_iterations" in extra else 0  # 2 iterations x 8 rollout steps
+    assert resumed.step == 2 and resumed.samples == 2 * envs * ROLLOUT + teacher_steps
     assert [resumed.train_step() for _ in range(2)] == expected[2:]
     resumed.close()
 
@@ -148,4 +150,31 @@ def test_drift_probe_reports_gap_and_cosine():
     assert set(probe) == {"drift/elbo", "drift/loglik", "drift/gap", "drift/grad_cosine"}
     assert probe["drift/gap"] == pytest.approx(probe["drift/loglik"] - probe["drift/elbo"], abs=1e-5)
     assert -1.0 <= probe["drift/grad_cosine"] <= 1.0
+    trainer.close()
+
+
+def test_truncated_steps_bootstrap_from_the_final_observation():
+    # Pendulum truncates every episode at step 200; with same-step autoreset the returned observation
+    # is the reset one, so the rollout must value the final observation from the info instead.
+    trainer = ControlTrainer(_cfg(num_envs=2, rollout_steps=200))
+    captured = {}
+    step = trainer.envs.step
+
+    def spy(actions):
+        out = step(actions)
+        captured["obs"], captured["infos"] = out[0], out[4]
+        return out
+
+    trainer.envs.step = spy
+    roll = trainer._rollout()
+    assert roll["truncated"][-1].all() and not roll["truncated"][:-1].any()
+    with torch.no_grad():
+        final = torch.as_tensor(np.stack(captured["infos"]["final_obs"]), dtype=torch.float32)
+        reset = torch.as_tensor(captured["obs"], dtype=torch.float32)
+        v_final = trainer.critic(trainer._normalize(final))
+        v_reset = trainer.critic(trainer._normalize(reset))
+    assert torch.equal(roll["next_values"][-1], v_final)
+    assert not torch.equal(roll["next_values"][-1], v_reset)
+    # The reset observation is where the next rollout starts.
+    np.testing.assert_array_equal(trainer._obs, captured["obs"])
     trainer.close()

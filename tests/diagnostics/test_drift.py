@@ -19,6 +19,7 @@ from dipod.diagnostics.drift import (
     grad_cosine,
     language_drift_probe,
     language_loglik,
+    probe_draws,
 )
 
 VOCAB, MASK_ID, P, L, B = 5, 5, 2, 3, 6
@@ -139,6 +140,7 @@ def test_language_probe_keys_and_no_side_effects(name: str) -> None:
         num_orders=6,
         generator=torch.Generator().manual_seed(0),
         block_length=2,
+        prompt_mask_prob=0.0 if name == "fpo" else 0.3,
     )
     assert set(out) >= {"drift/elbo", "drift/loglik", "drift/gap", "drift/grad_cosine", "drift/num_orders"}
     assert out["drift/exact"] == 1.0 and out["drift/num_orders"] == 6.0
@@ -210,3 +212,17 @@ def test_monitor_schedule_and_time() -> None:
     assert not any(DriftMonitor(lambda: {}, every=0).maybe_probe(s) for s in range(1, 5))
     with pytest.raises(ValueError):
         DriftMonitor(lambda: {}, every=-1)
+
+
+def test_probe_draws_one_step_and_prompt_masks() -> None:
+    valid = torch.tensor([[True, True, False]] * 200)
+    prompt_valid = torch.tensor([[False, True, True, True]] * 200)  # left padding never masked
+    draws = probe_draws(
+        "one_step", valid, 2, generator=torch.Generator().manual_seed(0), prompt_valid=prompt_valid,
+        prompt_mask_prob=0.25,
+    )  # fmt: skip
+    assert bool(draws.mask.all()) and draws.mask.shape == (200, 2, 3)
+    assert not bool(draws.prompt_mask[..., 0].any())
+    assert float(draws.prompt_mask[..., 1:].float().mean()) == pytest.approx(0.25, abs=0.05)
+    with pytest.raises(ValueError):
+        probe_draws("flow", valid, 2, generator=torch.Generator())

@@ -1,0 +1,65 @@
+"""HalfCheetah-v5 experiment: flow policy with FPO++, return vs env steps.
+
+Usage (long; run in the background):
+    PYTHONPATH=. OMP_NUM_THREADS=1 nohup python benchmarks/halfcheetah.py > halfcheetah.log 2>&1 &
+    python benchmarks/halfcheetah.py --from-logs   # summarise whatever the per-step logs hold so far
+Writes benchmarks/results/halfcheetah.json and halfcheetah.png; per-step logs go to
+benchmarks/results/halfcheetah_runs/<name>_seed<k>.jsonl. Target: 1M env steps; the JSON records how many ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from dipod.control.experiment import plot_curves, results_from_logs, run_grid, summarise
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _carry_evaluations(results: list[dict], previous: Path) -> None:
+    """Keep the end-of-run evaluations of an earlier full run when re-summarising from logs."""
+    if not previous.is_file():
+        return
+    evals = {(r["name"], r["seed"]): r for r in json.loads(previous.read_text()).get("runs", [])}
+    for r in results:
+        old = evals.get((r["name"], r["seed"]), {})
+        r.update({k: v for k, v in old.items() if k.startswith("eval/")})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="*", default=[str(ROOT / "configs/control/halfcheetah_fpo_pp.yaml")])
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0])
+    parser.add_argument("--env-steps", type=int, default=1_000_000)
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/halfcheetah"))
+    parser.add_argument("--set", nargs="*", default=[], dest="overrides", help="config overrides a.b=c")
+    parser.add_argument("--from-logs", action="store_true", help="summarise the existing per-step logs only")
+    args = parser.parse_args()
+    out = Path(args.out)
+    log_dir = out.parent / f"{out.name}_runs"
+    if args.from_logs:
+        results = results_from_logs(sorted(log_dir.glob("*.jsonl")))
+        _carry_evaluations(results, out.with_suffix(".json"))
+    else:
+        results = run_grid(args.configs, args.seeds, args.env_steps, log_dir, jobs=args.jobs, overrides=args.overrides)
+    summary = summarise(results)
+    payload = {
+        "name": out.name,
+        "env": "HalfCheetah-v5",
+        "target_env_steps": args.env_steps,
+        "env_steps_run": {f"{r['name']}_seed{r['seed']}": r["env_steps"] for r in results},
+        "summary": summary,
+        "runs": results,
+    }
+    out.with_suffix(".json").write_text(json.dumps(payload, indent=1))
+    plot_curves(results, out.with_suffix(".png"), title="HalfCheetah-v5: flow policy, FPO++")
+    for r in results:
+        last = r["episode_return"][-1] if r["episode_return"] else float("nan")
+        print(f"{r['name']} seed {r['seed']}: {r['env_steps']} env steps, last episode return {last:.1f}")
+
+
+if __name__ == "__main__":
+    main()

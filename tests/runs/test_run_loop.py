@@ -1,0 +1,195 @@
+"""The run loop with a fake trainer: run-dir contents, bit-for-bit resume, bad steps, interrupts."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+
+import pytest
+import torch
+
+from dipod.config import ConfigError, load_config
+from dipod.runs import BadStepsError, run_training
+from dipod.runs.checkpoint import list_checkpoints, load_checkpoint
+from dipod.runs.loop import RunDirError, is_bad_step, updates_per_step
+from dipod.runs.metrics import read_metrics
+from tests.runs.fake_trainer import FakeTrainer, fake_config
+
+
+class Crash(Exception):
+    pass
+
+
+def crashing_at(step):
+    """A FakeTrainer factory whose process 'dies' when asked for step ``step + 1``."""
+
+    class Crashing(FakeTrainer):
+        def train_step(self):
+            if self.step == step:
+                raise Crash
+            return super().train_step()
+
+    return Crashing
+
+
+def _without_time(rows):
+    return [{k: v for k, v in r.items() if k != "time_s"} for r in rows]
+
+
+def test_run_dir_contents(tmp_path):
+    cfg = fake_config(steps=5, eval_every=2)
+    result = run_training(cfg, tmp_path, trainer_factory=FakeTrainer, quiet=True)
+    assert result.status == "completed" and result.step == 5
+    assert load_config(tmp_path / "config.yaml") == cfg
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert [r["samples"] for r in rows] == [16, 32, 48, 64, 80]
+    for row in rows:
+        assert {"step", "samples", "time_s", "reward_mean", "loss", "grad_norm", "skipped_updates"} <= set(row)
+    assert [("eval/reward" in r) for r in rows] == [False, True, False, True, True]  # every 2 and at the end
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["step"] == 5
+    assert summary["final_reward"] == rows[-1]["reward_mean"]
+    assert summary["best_reward"] == max(r["reward_mean"] for r in rows)
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == [
+        "step_00000002.pt",
+        "step_00000004.pt",
+        "step_00000005.pt",
+    ]
+    assert any((tmp_path / "tb").iterdir())
+
+
+def test_drift_rows_and_log_every(tmp_path):
+    cfg = fake_config(steps=6, log_every=3)
+    cfg.drift.every = 2
+    run_training(cfg, tmp_path, trainer_factory=FakeTrainer, quiet=True)
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [2, 3, 4, 6]  # drift at 2, 4, 6; log at 3, 6
+    assert ["drift/gap" in r for r in rows] == [True, False, True, True]
+
+
+@pytest.mark.parametrize("stop_after", [1, 3, 4])
+def test_resume_is_bit_for_bit(tmp_path, stop_after):
+    cfg = fake_config(steps=7, eval_every=3)
+    cfg.drift.every = 2
+    run_training(cfg, tmp_path / "full", trainer_factory=FakeTrainer, quiet=True)
+    full = read_metrics(tmp_path / "full" / "metrics.jsonl")
+
+    # Crash after `stop_after` steps (checkpoints every 2), append a torn row as a killed writer
+    # would, then resume: rows after the checkpoint are truncated and written again identically.
+    part = tmp_path / "part"
+    with pytest.raises(Crash):
+        run_training(cfg, part, trainer_factory=crashing_at(stop_after), quiet=True)
+    assert json.loads((part / "summary.json").read_text())["status"] == "failed"
+    with open(part / "metrics.jsonl", "a") as f:
+        f.write('{"step": 99, "stale": true}\n{"torn')
+    result = run_training(cfg, part, trainer_factory=FakeTrainer, quiet=True, resume=True)
+    assert result.status == "completed"
+    resumed = read_metrics(part / "metrics.jsonl")
+    assert _without_time(resumed) == _without_time(full)
+    assert json.loads((part / "summary.json").read_text())["best_reward"] == max(r["reward_mean"] for r in full)
+
+
+def test_resume_from_older_checkpoint_when_newest_is_corrupt(tmp_path, capsys):
+    cfg = fake_config(steps=6)
+    run_training(cfg, tmp_path / "full", trainer_factory=FakeTrainer, quiet=True)
+    full = read_metrics(tmp_path / "full" / "metrics.jsonl")
+    part = tmp_path / "part"
+    with pytest.raises(Crash):
+        run_training(cfg, part, trainer_factory=crashing_at(5), quiet=True)
+    newest = list_checkpoints(part / "checkpoints")[-1]
+    data = newest.read_bytes()
+    newest.write_bytes(data[: len(data) // 2])  # truncated
+    run_training(cfg, part, trainer_factory=FakeTrainer, quiet=True, resume=True)
+    err = capsys.readouterr().err
+    assert str(newest) in err and "falling back" in err and "step_00000002.pt" in err
+    assert _without_time(read_metrics(part / "metrics.jsonl")) == _without_time(full)
+
+
+def test_existing_run_needs_resume_and_same_config(tmp_path):
+    cfg = fake_config(steps=2)
+    run_training(cfg, tmp_path, trainer_factory=FakeTrainer, quiet=True)
+    with pytest.raises(RunDirError, match="--resume"):
+        run_training(cfg, tmp_path, trainer_factory=FakeTrainer, quiet=True)
+    changed = cfg.model_copy(deep=True)
+    changed.optim.lr = 0.1
+    with pytest.raises(ConfigError, match=r"optim\.lr"):
+        run_training(changed, tmp_path, trainer_factory=FakeTrainer, quiet=True, resume=True)
+    longer = cfg.model_copy(deep=True)
+    longer.train.steps = 3  # extending a run is allowed
+    assert run_training(longer, tmp_path, trainer_factory=FakeTrainer, quiet=True, resume=True).step == 3
+
+
+def test_nan_losses_stop_the_run_and_are_never_checkpointed(tmp_path):
+    cfg = fake_config(steps=20, max_bad_steps=3, checkpoint_every=1)
+    with pytest.raises(BadStepsError, match="3 consecutive steps"):
+        run_training(cfg, tmp_path, trainer_factory=lambda c: FakeTrainer(c, nan_from=5), quiet=True)
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6, 7]  # bad steps 5, 6, 7
+    assert rows[-1]["loss"] is None and rows[-1]["skipped_updates"] == 2  # NaN is written as null
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "stopped"
+    # Skipped updates leave the weights finite, and nothing after the stop is checkpointed.
+    last = load_checkpoint(list_checkpoints(tmp_path / "checkpoints")[-1])
+    assert last["step"] == 6
+    assert all(torch.isfinite(v).all() for v in last["trainer"]["model"].values())
+
+
+def test_nonfinite_parameters_are_not_checkpointed(tmp_path, capsys):
+    cfg = fake_config(steps=4, checkpoint_every=1)
+    with pytest.raises(BadStepsError):
+        run_training(
+            cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_bad_steps": 1})}),
+            tmp_path,
+            trainer_factory=lambda c: FakeTrainer(c, poison_params_at=2),
+            quiet=True,
+        )
+    assert [load_checkpoint(p)["step"] for p in list_checkpoints(tmp_path / "checkpoints")] == [1]
+    assert "non-finite values in model.bias" in capsys.readouterr().err
+
+
+def test_is_bad_step():
+    assert is_bad_step({"loss": math.nan})
+    assert not is_bad_step({"loss": 1.0, "skipped_updates": 1.0, "updates": 2.0})
+    assert is_bad_step({"loss": 1.0, "skipped_updates": 2.0, "updates": 2.0})
+    # Averages that include a skipped update are NaN; with the update count known that is not a bad step.
+    assert not is_bad_step({"loss": math.nan, "grad_norm": math.nan, "skipped_updates": 1.0}, updates=4)
+    assert is_bad_step({"loss": math.nan, "grad_norm": math.nan, "skipped_updates": 4.0}, updates=4)
+    assert is_bad_step({"loss": math.nan, "skipped_updates": 0.0}, updates=4)
+    assert is_bad_step({"loss": 1.0, "skipped_updates": 1.0, "grad_norm": math.inf})
+    assert not is_bad_step({"loss": 1.0, "skipped_updates": 0.0, "grad_norm": math.inf})
+
+
+def test_updates_per_step():
+    cfg = fake_config()
+    assert updates_per_step(cfg) == cfg.control.update_epochs * cfg.control.num_minibatches
+
+
+def test_sigint_checkpoints_then_resume_matches(tmp_path):
+    cfg = fake_config(steps=6, checkpoint_every=100)
+    run_training(cfg, tmp_path / "full", trainer_factory=FakeTrainer, quiet=True)
+
+    class Interrupting(FakeTrainer):
+        def train_step(self):
+            out = super().train_step()
+            if self.step == 3:
+                signal.raise_signal(signal.SIGINT)
+            return out
+
+    result = run_training(cfg, tmp_path / "part", trainer_factory=Interrupting, quiet=True)
+    assert result.status == "interrupted" and result.step == 3
+    assert [load_checkpoint(p)["step"] for p in list_checkpoints(tmp_path / "part" / "checkpoints")] == [3]
+    run_training(cfg, tmp_path / "part", trainer_factory=FakeTrainer, quiet=True, resume=True)
+    assert _without_time(read_metrics(tmp_path / "part" / "metrics.jsonl")) == _without_time(
+        read_metrics(tmp_path / "full" / "metrics.jsonl")
+    )
+
+
+def test_progress_bar_and_quiet(tmp_path, capsys):
+    cfg = fake_config(steps=3)
+    run_training(cfg, tmp_path / "loud", trainer_factory=FakeTrainer, quiet=False)
+    err = capsys.readouterr().err
+    final_reward = read_metrics(tmp_path / "loud" / "metrics.jsonl")[-1]["reward_mean"]
+    assert "3/3" in err and f"reward {final_reward:+.3f}" in err and "ETA" in err
+    run_training(cfg, tmp_path / "quiet", trainer_factory=FakeTrainer, quiet=True)
+    assert capsys.readouterr().err == ""
