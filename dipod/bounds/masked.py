@@ -99,6 +99,19 @@ def _random_ranks(allowed: torch.Tensor, generator: torch.Generator) -> torch.Te
     return scores.argsort(-1).argsort(-1)
 
 
+def _draw_prompt_mask(
+    prompt_valid: torch.Tensor | None, num_draws: int, prob: float, generator: torch.Generator
+) -> torch.Tensor | None:
+    """(B, K, P) bool: each valid prompt token masked with probability ``prob``; None when prob is 0."""
+    if prob <= 0:
+        return None
+    if prompt_valid is None:
+        raise ValueError("prompt_mask_prob > 0 needs prompt_valid (B, P)")
+    batch, length = prompt_valid.shape
+    u = torch.rand(batch, num_draws, length, generator=generator, device=prompt_valid.device)
+    return (u < prob) & prompt_valid[:, None, :]
+
+
 def draw_masks(
     valid: torch.Tensor,
     num_draws: int,
@@ -152,12 +165,7 @@ def draw_masks(
     else:
         raise ValueError(f"unknown mask scheme {scheme!r}; expected one of count, round, bernoulli, d1")
 
-    prompt_mask = None
-    if prompt_mask_prob > 0:
-        if prompt_valid is None:
-            raise ValueError("prompt_mask_prob > 0 needs prompt_valid (B, P)")
-        u = torch.rand(batch, num_draws, prompt_valid.shape[-1], generator=generator, device=device)
-        prompt_mask = (u < prompt_mask_prob) & prompt_valid[:, None, :]
+    prompt_mask = _draw_prompt_mask(prompt_valid, num_draws, prompt_mask_prob, generator)
     return MaskDraws(mask=mask, weight=weight.float(), t=t, prompt_mask=prompt_mask)
 
 
@@ -191,14 +199,30 @@ def draw_block_random_masks(
     mask = ((pos_block > block[..., None]) & allowed) | in_block_masked
     n_masked = mask.sum(-1).float()
     weight = torch.where(n_masked > 0, lengths.float() / n_masked.clamp(min=1), torch.zeros_like(n_masked))
-    prompt_mask = None
-    if prompt_mask_prob > 0:
-        if prompt_valid is None:
-            raise ValueError("prompt_mask_prob > 0 needs prompt_valid (B, P)")
-        u = torch.rand(batch, num_draws, prompt_valid.shape[-1], generator=generator, device=device)
-        prompt_mask = (u < prompt_mask_prob) & prompt_valid[:, None, :]
+    prompt_mask = _draw_prompt_mask(prompt_valid, num_draws, prompt_mask_prob, generator)
     t = n_masked / lengths.float().clamp(min=1)
     return MaskDraws(mask=mask, weight=weight, t=t, prompt_mask=prompt_mask)
+
+
+def draw_one_step_masks(
+    valid: torch.Tensor,
+    num_draws: int,
+    *,
+    generator: torch.Generator,
+    prompt_valid: torch.Tensor | None = None,
+    prompt_mask_prob: float = 0.0,
+) -> MaskDraws:
+    """diffu-GRPO's one-step draws: the whole completion masked (weight 1), the prompt masked at random.
+
+    Every completion token is then predicted in one pass from the prompt alone: d1's per-token
+    one-step log-probabilities, with fresh prompt masks as the only randomness.
+    """
+    batch, length = valid.shape
+    # every position, filler after EOS included: the model sees the prompt and L mask tokens, as in d1
+    mask = torch.ones(batch, num_draws, length, dtype=torch.bool, device=valid.device)  # (B, K, L)
+    ones = torch.ones(batch, num_draws, device=valid.device)
+    prompt_mask = _draw_prompt_mask(prompt_valid, num_draws, prompt_mask_prob, generator)
+    return MaskDraws(mask=mask, weight=ones, t=ones, prompt_mask=prompt_mask)
 
 
 def masked_inputs(

@@ -11,6 +11,7 @@ from dipod.bounds.masked import (
     completion_valid_mask,
     draw_block_random_masks,
     draw_masks,
+    draw_one_step_masks,
     elbo_from_logprobs,
     eubo_from_logprobs,
     exact_loglik,
@@ -88,6 +89,15 @@ def test_prompt_masking_only_when_asked_and_only_valid_prompt_tokens():
     draws = draw_masks(valid, 3, generator=_gen(0), prompt_valid=prompt_valid, prompt_mask_prob=0.5)
     assert not draws.prompt_mask[:, :, 0].any()
     assert 0.4 < draws.prompt_mask[:, :, 1:].float().mean() < 0.6
+
+
+def test_one_step_masks_cover_the_whole_completion():
+    valid = torch.tensor([[True, True, False]]).expand(40, -1)
+    prompt_valid = torch.ones(40, 5, dtype=torch.bool)
+    draws = draw_one_step_masks(valid, 2, generator=_gen(0), prompt_valid=prompt_valid, prompt_mask_prob=0.15)
+    assert draws.mask.all() and (draws.weight == 1).all()
+    assert 0.08 < draws.prompt_mask.float().mean() < 0.22
+    assert draw_one_step_masks(valid, 2, generator=_gen(0)).prompt_mask is None
 
 
 def test_block_random_masks_later_blocks_fully_and_part_of_the_chosen_block():
