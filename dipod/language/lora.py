@@ -9,6 +9,7 @@ The reference policy (for KL or ELBO-difference terms) is the model before RL:
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -16,21 +17,34 @@ import torch
 from torch import nn
 
 
-def apply_lora(model: nn.Module, *, r: int, alpha: float, dropout: float, target_modules: Sequence[str]) -> nn.Module:
+def apply_lora(
+    model: nn.Module,
+    *,
+    r: int,
+    alpha: float,
+    dropout: float,
+    target_modules: Sequence[str],
+    generator: torch.Generator | None = None,
+) -> nn.Module:
     """Inject LoRA adapters into ``model`` in place and freeze every other weight.
 
     Works for any module tree (the tiny model, HF models): peft wraps the matching ``nn.Linear``
-    layers; the adapter's B matrix starts at zero, so the model's outputs are unchanged.
-    Returns the same module.
+    layers; the adapter's B matrix starts at zero, so the model's outputs are unchanged. The A
+    matrices are drawn from ``generator`` (peft's Kaiming-uniform init), and the global RNG is
+    left as it was. Returns the same module.
     """
     from peft import LoraConfig, inject_adapter_in_model
 
     lora_config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules))
-    inject_adapter_in_model(lora_config, model)
-    for name, p in model.named_parameters():
-        p.requires_grad_("lora_" in name)
+    with torch.random.fork_rng(devices=[]):  # peft initialises from the global RNG; keep it untouched
+        inject_adapter_in_model(lora_config, model)
     if not has_adapters(model):
         raise ValueError(f"no module of the model matches lora target_modules {list(target_modules)}")
+    for name, p in model.named_parameters():
+        p.requires_grad_("lora_" in name)
+        if generator is not None and "lora_A" in name:
+            with torch.no_grad():
+                nn.init.kaiming_uniform_(p, a=math.sqrt(5), generator=generator)  # peft's (and nn.Linear's) default
     return model
 
 

@@ -101,12 +101,16 @@ class TinyMaskedLM(nn.Module):
         """Build the network; weights are N(0, 0.02) drawn from ``generator`` (a fixed seed-0 one if None)."""
         super().__init__()
         self.config = cfg
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.wpe = nn.Embedding(cfg.max_seq_len, cfg.n_embd)
-        self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
-        self.ln_f = nn.LayerNorm(cfg.n_embd)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        # Built on the meta device, then every weight is drawn by reset_parameters: torch's default
+        # initialisers would draw from (and advance) the global RNG.
+        with torch.device("meta"):
+            self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+            self.wpe = nn.Embedding(cfg.max_seq_len, cfg.n_embd)
+            self.drop = nn.Dropout(cfg.dropout)
+            self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+            self.ln_f = nn.LayerNorm(cfg.n_embd)
+            self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.to_empty(device="cpu")
         self.reset_parameters(generator if generator is not None else torch.Generator().manual_seed(0))
 
     @property

@@ -51,7 +51,8 @@ def build_model(
 
     Args:
         tokenizer: the model's tokenizer (built from ``cfg`` when None); its ids become the model's.
-        generator: initial weights of a fresh tiny model (ignored when loading from ``cfg.path``).
+        generator: (CPU) initial weights of a fresh tiny model and of LoRA adapters; None: a fixed seed-0
+            generator for the tiny model and peft's own init for adapters.
     """
     tokenizer = tokenizer if tokenizer is not None else build_tokenizer(cfg)
     if cfg.kind == "hf":
@@ -82,7 +83,12 @@ def build_model(
         model = TinyMaskedLM(tiny, generator=generator)
     if cfg.finetune == "lora":
         apply_lora(
-            model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules
+            model,
+            r=cfg.lora_r,
+            alpha=cfg.lora_alpha,
+            dropout=cfg.lora_dropout,
+            target_modules=cfg.lora_target_modules,
+            generator=generator,
         )
     return model
 

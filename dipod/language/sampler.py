@@ -146,6 +146,34 @@ def _check_args(
         raise ValueError("stop_at_eos needs eos_id")
 
 
+def _propose(
+    logits: torch.Tensor,
+    block_masked: torch.Tensor,
+    *,
+    mask_id: int,
+    remasking: str,
+    temperature: float,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A token for every block position and the confidence that ranks it (-inf where already decoded).
+
+    Confidence is the model's probability of the proposed token (low_confidence, threshold), or uniform
+    noise (random remasking).
+
+    Args:
+        logits: (B, Lb, V). block_masked: (B, Lb) bool. Returns proposal (B, Lb) long, confidence (B, Lb) float.
+    """
+    logits = logits.float().clone()
+    logits[..., mask_id] = -torch.inf  # a decoded token is never the mask token (an untrained model may prefer it)
+    proposal = gumbel_argmax(logits, temperature=temperature, generator=generator)
+    if remasking == "random":
+        confidence = torch.rand(block_masked.shape, generator=generator, device=logits.device)
+    else:
+        probs = torch.softmax(logits, dim=-1)
+        confidence = probs.gather(-1, proposal[..., None]).squeeze(-1)  # p(proposed token)
+    return proposal, confidence.masked_fill(~block_masked, -torch.inf)
+
+
 @torch.no_grad()
 def generate(
     model: LogitsFn,
@@ -217,18 +245,12 @@ def generate(
                     continue  # nothing to unmask at this step: skip the forward pass
             elif not bool(block_masked.any()):
                 break
-            logits = model(x, attn)[:, lo:hi].float()  # (B, Lb, V)
+            logits = model(x, attn)[:, lo:hi]  # (B, Lb, V)
             nfe += 1
             row_nfe += (block_masked.any(-1) & ~finished).long()
-            # A decoded token is never the mask token (an untrained model may well prefer it).
-            logits[..., mask_id] = -torch.inf
-            proposal = gumbel_argmax(logits, temperature=temperature, generator=generator)  # (B, Lb)
-            if remasking == "random":
-                confidence = torch.rand(block_masked.shape, generator=generator, device=device)
-            else:
-                probs = torch.softmax(logits, dim=-1)
-                confidence = probs.gather(-1, proposal[..., None]).squeeze(-1)  # (B, Lb) p(proposed token)
-            confidence = confidence.masked_fill(~block_masked, -torch.inf)
+            proposal, confidence = _propose(
+                logits, block_masked, mask_id=mask_id, remasking=remasking, temperature=temperature, generator=generator
+            )  # (B, Lb) each
             if schedule is not None:
                 transfer = top_k_mask(confidence, k)
             else:

@@ -100,47 +100,105 @@ def write_bert(directory: Path) -> Path:
     return directory
 
 
-def write_remote_code_model(directory: Path) -> Path:
-    """The custom-code LLaDA-like model + a tokenizer whose mask token is known only to the config."""
+DREAM_CONFIGURATION_SRC = CONFIGURATION_SRC.replace("TinyLladaConfig", "DreamConfig").replace('"tiny_llada"', '"Dream"')
+
+DREAM_MODELING_SRC = '''
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .configuration_dream import DreamConfig
+
+
+class DreamModel(PreTrainedModel):
+    """Dream's interface: (input_ids, attention_mask "full" or (N, 1, T, T) bool, position_ids), and logits
+    at position i that predict token i + 1 (here exactly: a large logit on the next input token)."""
+
+    config_class = DreamConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.unused = nn.Linear(2, 2)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, **kwargs):
+        n, t = input_ids.shape
+        if isinstance(attention_mask, str):
+            assert attention_mask == "full" and position_ids is None
+        else:
+            assert attention_mask.dtype == torch.bool and attention_mask.shape == (n, 1, t, t)
+            assert position_ids.shape == (n, t)
+        nxt = torch.cat([input_ids[:, 1:], input_ids[:, -1:]], dim=1)
+        logits = 10.0 * nn.functional.one_hot(nxt, self.config.vocab_size).float()
+        return CausalLMOutputWithPast(logits=logits)
+'''
+
+
+def _tokenizer_files(directory: Path, mask_token: str | None) -> dict[str, int]:
+    """A one-token-per-character tokenizer; ``mask_token`` is registered as the tokenizer's mask token."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    directory.mkdir(parents=True, exist_ok=True)
     vocab_tokens = ["<pad>", "<unk>", "<eos>", *CHARS, "<|mdm_mask|>"]
     vocab = {tok: i for i, tok in enumerate(vocab_tokens)}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
     backend.decoder = decoders.Fuse()  # one character per token: decode without separators
+    extra = {"mask_token": mask_token} if mask_token else {}
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>"
+        tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>", **extra
     )
     tokenizer.save_pretrained(directory)
+    return vocab
 
-    (directory / "configuration_tiny_llada.py").write_text(CONFIGURATION_SRC)
-    (directory / "modeling_tiny_llada.py").write_text(MODELING_SRC)
-    package = "tiny_llada_src_" + str(abs(hash(str(directory))))
+
+def _save_custom_code(directory: Path, files: dict[str, str], config_cls: str, model_cls: str, **config_kwargs) -> None:
+    """Write the code files, import them as a package, save an instance with ``auto_map`` pointing at them."""
+    config_module, model_module = (name.removesuffix(".py") for name in files)
+    for name, src in files.items():
+        (directory / name).write_text(src)
+    package = "custom_code_" + str(abs(hash(str(directory))))
     spec = importlib.util.spec_from_file_location(
         package, directory / "__init__.py", submodule_search_locations=[str(directory)]
     )
     (directory / "__init__.py").write_text("")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[package] = module
+    sys.modules[package] = importlib.util.module_from_spec(spec)
     try:
-        configuration = importlib.import_module(f"{package}.configuration_tiny_llada")
-        modeling = importlib.import_module(f"{package}.modeling_tiny_llada")
-        config = configuration.TinyLladaConfig(vocab_size=len(vocab), mask_token_id=vocab["<|mdm_mask|>"])
-        config.auto_map = {
-            "AutoConfig": "configuration_tiny_llada.TinyLladaConfig",
-            "AutoModel": "modeling_tiny_llada.TinyLladaModel",
-        }
+        config = getattr(importlib.import_module(f"{package}.{config_module}"), config_cls)(**config_kwargs)
+        config.auto_map = {"AutoConfig": f"{config_module}.{config_cls}", "AutoModel": f"{model_module}.{model_cls}"}
         torch.manual_seed(0)
-        modeling.TinyLladaModel(config).save_pretrained(directory)
+        getattr(importlib.import_module(f"{package}.{model_module}"), model_cls)(config).save_pretrained(directory)
     finally:
         for name in [n for n in sys.modules if n.startswith(package)]:
             del sys.modules[name]
     (directory / "__init__.py").unlink()
     saved = json.loads((directory / "config.json").read_text())
-    assert saved["auto_map"]["AutoModel"].endswith("TinyLladaModel"), saved
+    assert saved["auto_map"]["AutoModel"].endswith(model_cls), saved
+
+
+def write_remote_code_model(directory: Path) -> Path:
+    """The custom-code LLaDA-like model + a tokenizer whose mask token is known only to the config."""
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = _tokenizer_files(directory, mask_token=None)
+    files = {"configuration_tiny_llada.py": CONFIGURATION_SRC, "modeling_tiny_llada.py": MODELING_SRC}
+    _save_custom_code(
+        directory,
+        files,
+        "TinyLladaConfig",
+        "TinyLladaModel",
+        vocab_size=len(vocab),
+        mask_token_id=vocab["<|mdm_mask|>"],
+    )
+    return directory
+
+
+def write_dream_like_model(directory: Path) -> Path:
+    """A custom-code model with Dream's quirks (model_type Dream, shifted logits, 4-D mask); mask in the tokenizer."""
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = _tokenizer_files(directory, mask_token="<|mdm_mask|>")
+    files = {"configuration_dream.py": DREAM_CONFIGURATION_SRC, "modeling_dream.py": DREAM_MODELING_SRC}
+    _save_custom_code(directory, files, "DreamConfig", "DreamModel", vocab_size=len(vocab))
     return directory
 
 
@@ -186,7 +244,9 @@ def test_left_padding_does_not_change_logits_of_real_tokens():
 
 
 def test_same_generator_same_weights_and_save_load_roundtrip(tmp_path):
+    global_state = torch.get_rng_state()
     a, tok = tiny()
+    assert torch.equal(torch.get_rng_state(), global_state), "building the model used the global RNG"
     b, _ = tiny()
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(pa, pb), name
@@ -270,6 +330,24 @@ def test_remote_code_model_reads_mask_id_from_config_and_is_bidirectional(tmp_pa
     assert out.nfe == 2 and torch.equal(out.tokens[:, :6], ids)
 
 
+def test_dream_style_model_gets_unshifted_logits_and_a_4d_mask(tmp_path):
+    path = write_dream_like_model(tmp_path / "dream")
+    cfg = ModelConfig(kind="hf", path=str(path), trust_remote_code=True)
+    tok = build_tokenizer(cfg)
+    model = build_model(cfg, tokenizer=tok)
+    assert model.logits_shift and model.mask_token_id == tok.hf.mask_token_id
+    ids, attn = tok.batch_encode(["12ab", "3c"])  # second row left-padded: 4-D mask and position ids
+    for mask in (attn, None):
+        logits = model(ids, mask)
+        # The net predicts the next token at i; after the shift, position i >= 1 predicts token i itself.
+        assert torch.equal(logits[:, 1:].argmax(-1), ids[:, 1:])
+    out = generate(
+        model, ids, attention_mask=attn, mask_id=model.mask_token_id, eos_id=model.eos_token_id,
+        gen_length=2, block_length=2, steps=2, generator=None,
+    )  # fmt: skip
+    assert out.nfe == 2
+
+
 def test_missing_path_and_missing_mask_token_fail_clearly(tmp_path):
     with pytest.raises(ValueError, match=r"model\.path"):
         ModelConfig(kind="hf")
@@ -314,6 +392,17 @@ def test_lora_step_changes_only_adapter_weights_and_disabled_adapter_is_the_base
         torch.testing.assert_close(ref(ids), base_logits)
     assert not torch.allclose(model(ids), base_logits)  # adapters back on after the block
     assert all(p.requires_grad for p in adapter_parameters(model).values())
+
+
+def test_lora_init_comes_from_the_generator():
+    global_state = torch.get_rng_state()
+    a, _ = tiny(finetune="lora")
+    b, _ = tiny(finetune="lora")
+    assert torch.equal(torch.get_rng_state(), global_state), "LoRA init used the global RNG"
+    lora_a = {n: p for n, p in adapter_parameters(a).items() if "lora_A" in n}
+    assert lora_a
+    for name, p in lora_a.items():
+        assert torch.equal(p, adapter_parameters(b)[name]) and p.abs().sum() > 0
 
 
 def test_lora_on_an_hf_model_with_its_own_module_names(tmp_path):
