@@ -46,6 +46,7 @@ from dipod.bounds.masked import (
     MaskDraws,
     draw_block_random_masks,
     draw_masks,
+    draw_one_step_masks,
     elbo_from_logprobs,
     masked_token_logprobs,
 )
@@ -188,16 +189,10 @@ class LanguageTrainer:
                 prompt_valid=prompt_attn, prompt_mask_prob=lang.prompt_mask_prob,
             )  # fmt: skip
         if self.objective.draws == "one_step":
-            # The whole completion masked (weight 1) and a random prompt mask: d1's one-step scores.
-            one_step = torch.ones_like(valid)[:, None, :].expand(-1, lang.elbo_draws, -1)  # (B, K, L)
-            ones = torch.ones(valid.shape[0], lang.elbo_draws, device=valid.device)
-            prompt_mask = None
-            if lang.prompt_mask_prob > 0:
-                u = torch.rand(
-                    *one_step.shape[:2], prompt_attn.shape[-1], generator=self.generator, device=valid.device
-                )
-                prompt_mask = (u < lang.prompt_mask_prob) & prompt_attn[:, None, :]  # (B, K, P)
-            return MaskDraws(mask=one_step.contiguous(), weight=ones, t=ones, prompt_mask=prompt_mask)
+            return draw_one_step_masks(
+                valid, lang.elbo_draws, generator=self.generator,
+                prompt_valid=prompt_attn, prompt_mask_prob=lang.prompt_mask_prob,
+            )  # fmt: skip
         raise ValueError(f"objective {self.objective.name!r} needs {self.objective.draws!r} draws, not a language kind")
 
     def _micro_batches(self, size: int) -> Iterator[slice]:
