@@ -118,7 +118,7 @@ def summarise(paths: list[Path]) -> dict:
     variants: dict[str, list[list[dict]]] = {}
     for path in paths:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        if not rows:  # a run that has just started
+        if not rows or "eval/accuracy" not in rows[-1]:  # still running (the last row evaluates)
             continue
         variants.setdefault(path.stem.rsplit("_seed", 1)[0], []).append(rows)
     out = {}
