@@ -92,7 +92,7 @@ def run(quick: bool) -> dict:
         for batch in batches[:2]:
             variant.step(batch, cfg)
     plain.forwards = dipod.forwards = 0
-    reps = 20 if quick else 80
+    reps = 100 if quick else 400
     times = {"plain": [], "dipod": []}
     for rep in range(reps):
         batch = batches[rep % len(batches)]

@@ -71,15 +71,25 @@ def _mean_std(values: list[float]) -> list[float]:
 def summarise(paths: list[Path], env_steps: int) -> dict:
     """Per variant (file name before ``_seed``): final return, drift statistics, mean +- std over seeds.
 
-    Runs are cut at ``env_steps`` so that runs of different lengths compare at the same budget.
+    Runs are cut at the smallest of ``env_steps`` and the shortest length among variants with at least
+    3 seeds, so that every such run (some may still be going) is compared at the same budget; single-
+    seed drift runs do not move that point. ``compared_at`` records it.
     """
+    logs = [(path, _read(path)) for path in paths]
+    logs = [(path, rows) for path, rows in logs if rows]
+    seeds_of: dict[str, int] = {}
+    for path, _ in logs:
+        seeds_of[path.stem.rsplit("_seed", 1)[0]] = seeds_of.get(path.stem.rsplit("_seed", 1)[0], 0) + 1
+    lengths = [rows[-1]["samples"] for path, rows in logs if seeds_of[path.stem.rsplit("_seed", 1)[0]] >= 3]
+    env_steps = min([env_steps, *lengths])
     variants: dict[str, list[list[dict]]] = {}
-    for path in paths:
-        rows = [r for r in _read(path) if r.get("samples", 0) <= env_steps]
+    for path, rows in logs:
+        rows = [r for r in rows if r.get("samples", 0) <= env_steps]
         if rows:
             variants.setdefault(path.stem.rsplit("_seed", 1)[0], []).append(rows)
     out = {}
     for name, runs in sorted(variants.items()):
+
         def last(rows: list[dict], key: str) -> float | None:
             vals = [r[key] for r in rows if key in r]
             return vals[-1] if vals else None
@@ -93,18 +103,28 @@ def summarise(paths: list[Path], env_steps: int) -> dict:
             "env_steps": [runs_i[-1]["samples"] for runs_i in runs],
             "final_return": _mean_std([last(r, "episode_return") for r in runs]),
             "final_gap": _mean_std([last(r, "drift/gap") for r in runs]),
-            "gap_change": _mean_std([
-                (last(r, "drift/gap") - next(x["drift/gap"] for x in r if "drift/gap" in x))
-                if last(r, "drift/gap") is not None else None for r in runs
-            ]),
+            "gap_change": _mean_std(
+                [
+                    (last(r, "drift/gap") - next(x["drift/gap"] for x in r if "drift/gap" in x))
+                    if last(r, "drift/gap") is not None
+                    else None
+                    for r in runs
+                ]
+            ),
             "mean_grad_cosine": _mean_std([mean_of(r, "drift/grad_cosine") for r in runs]),
             "final_grad_cosine": _mean_std([last(r, "drift/grad_cosine") for r in runs]),
-            "probe_fraction": _mean_std([
-                r[-1]["probe_s"] / r[-1]["time_s"] if "probe_s" in r[-1] and r[-1]["time_s"] else None for r in runs
-            ]),
+            "probe_fraction": _mean_std(
+                [r[-1]["probe_s"] / r[-1]["time_s"] if "probe_s" in r[-1] and r[-1]["time_s"] else None for r in runs]
+            ),
         }
-    return {"variants": out, "runs": {name: [[{k: row[k] for k in row if k in KEEP} for row in r] for r in runs]
-                                      for name, runs in variants.items()}}
+    return {
+        "compared_at": env_steps,
+        "variants": out,
+        "runs": {
+            name: [[{k: row[k] for k in row if k in KEEP} for row in r] for r in runs]
+            for name, runs in variants.items()
+        },
+    }
 
 
 KEEP = ("step", "samples", "episode_return", "drift/gap", "drift/grad_cosine", "drift/elbo", "drift/loglik")
@@ -125,8 +145,11 @@ def plot(summary: dict, path: Path) -> None:
                 if pts:
                     xs, ys = zip(*pts, strict=True)
                     ax.plot(xs, ys, color=color, alpha=0.8, lw=1, label=name if i == 0 else None)
-    for ax, label in zip(axes, ("training episode return", "drift/gap (Euler loglik - CFM ELBO surrogate)",
-                                "drift/grad_cosine"), strict=True):
+    for ax, label in zip(
+        axes,
+        ("training episode return", "drift/gap (Euler loglik - CFM ELBO surrogate)", "drift/grad_cosine"),
+        strict=True,
+    ):
         ax.set_xlabel("env steps")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -166,7 +189,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "control_drift.json").write_text(json.dumps(summary))
     plot(summary, RESULTS / "control_drift.png")
-    print(table(summary))
+    print(f"compared at {summary['compared_at']} env steps\n" + table(summary))
 
 
 if __name__ == "__main__":

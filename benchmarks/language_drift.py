@@ -90,6 +90,17 @@ def train_with_probe(config: str, seed: int, overrides: list[str], adaptive_budg
     return log_path
 
 
+def base_eval(config: str) -> dict:
+    """Held-out evaluation of the untrained SFT base (the starting point of every run)."""
+    import torch
+
+    from dipod.config import load_config
+    from dipod.language.trainer import LanguageTrainer
+
+    torch.set_num_threads(1)
+    return LanguageTrainer(load_config(ROOT / config)).evaluate()
+
+
 def _mean_std(values: list[float | None]) -> list[float]:
     values = [v for v in values if v is not None and math.isfinite(v)]
     if not values:
@@ -107,7 +118,7 @@ def summarise(paths: list[Path]) -> dict:
     variants: dict[str, list[list[dict]]] = {}
     for path in paths:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        if not rows:  # a run that has just started
+        if not rows or "eval/accuracy" not in rows[-1]:  # still running (the last row evaluates)
             continue
         variants.setdefault(path.stem.rsplit("_seed", 1)[0], []).append(rows)
     out = {}
@@ -203,7 +214,13 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], dest="overrides")
     parser.add_argument("--adaptive-budget", type=float, default=None, help="adapt beta to this gap (nats)")
     parser.add_argument("--summarise-only", action="store_true")
+    parser.add_argument("--base-eval", action="store_true", help="evaluate the untrained base and stop")
     args = parser.parse_args()
+    if args.base_eval:
+        result = base_eval(args.configs[0])
+        (RESULTS / "language_base_eval.json").write_text(json.dumps(result, indent=1))
+        print(result)
+        return
     if not args.summarise_only:
         for seed in args.seeds:  # seed-major, so a cut-short sweep still has every variant
             for config in args.configs:

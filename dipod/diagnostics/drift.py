@@ -47,9 +47,10 @@ DEFAULT_EVERY = 100
 """Probe interval (policy-improvement steps) at which the monitor costs <= ~10% of training.
 
 With the config defaults (probe_size 16, num_orders 16) a language probe runs B * K * L any-order
-states forward and backward, about 8 training steps' worth on the tiny model (bench_drift_monitor
-reports ``probe_over_step``); shorter runs that want denser curves set ``drift.every`` lower and
-pay proportionally, or shrink ``probe_size`` / ``num_orders``."""
+states forward and backward: about 4-8 training steps' worth on the shipped tiny Sudoku trainer and
+7-10 on bench_drift_monitor's synthetic set-up (it reports ``probe_over_step``). Shorter runs that
+want denser curves set ``drift.every`` lower and pay proportionally, or shrink ``probe_size`` /
+``num_orders``."""
 
 
 def gap(loglik: torch.Tensor, elbo: torch.Tensor) -> torch.Tensor:
