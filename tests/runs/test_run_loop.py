@@ -57,7 +57,14 @@ def test_run_dir_contents(tmp_path):
         "step_00000004.pt",
         "step_00000005.pt",
     ]
-    assert any((tmp_path / "tb").iterdir())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(tmp_path / "tb"))
+    board.Reload()
+    assert [e.step for e in board.Scalars("train/reward_mean")] == [1, 2, 3, 4, 5]
+    assert [e.value for e in board.Scalars("eval/reward")] == pytest.approx(
+        [rows[1]["eval/reward"], rows[3]["eval/reward"], rows[4]["eval/reward"]]
+    )
 
 
 def test_drift_rows_and_log_every(tmp_path):
