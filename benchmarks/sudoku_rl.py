@@ -46,6 +46,7 @@ for _ in range(2):  # the first step allocates; the second shows the steady stat
     print(before, status("VmHWM"))
 """
 
+
 def run_variant(config: Path, seed: int, steps: int, eval_every: int, overrides: list[str]) -> dict:
     """Train one variant; returns its per-step rewards and the evaluation curve."""
     import torch

@@ -290,6 +290,7 @@ class LanguageTrainer:
         metrics.setdefault("dipod_reg", 0.0)
         metrics.setdefault("elbo_mean", math.nan)
         metrics["skipped_updates"] = float(skipped)
+        metrics["updates"] = float(mu)
         return metrics
 
     # ------------------------------------------------------------------ protocol
@@ -301,12 +302,8 @@ class LanguageTrainer:
         metrics = self._reduce(metrics)
         self.step += 1
         self.samples += self.cfg.language.prompts_per_step * self.cfg.language.group_size
-        if metrics["skipped_updates"] >= self.cfg.language.num_iterations:
-            self.bad_steps += 1
-            if self.bad_steps >= self.cfg.train.max_bad_steps:
-                raise RuntimeError(f"{self.bad_steps} consecutive steps with only non-finite losses or gradients")
-        else:
-            self.bad_steps = 0
+        # Consecutive steps without a finite update; the run loop stops at train.max_bad_steps.
+        self.bad_steps = self.bad_steps + 1 if metrics["skipped_updates"] >= metrics["updates"] else 0
         return metrics
 
     def _reduce(self, metrics: dict[str, float]) -> dict[str, float]:

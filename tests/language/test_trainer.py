@@ -253,3 +253,20 @@ def test_chat_template_wraps_prompts_and_is_required(tiny_cfg):
     ids, attn = encode_prompts(trainer.tokenizer, ["12", "345"], "cpu", chat=True)
     assert [trainer.tokenizer.decode(row) for row in ids] == ["9129", "93459"]
     assert attn.sum(-1).tolist() == [4, 5]
+
+
+def test_eval_set_is_fixed_across_run_seeds():
+    a = LanguageTrainer(tiny_config(seed=1)).source.eval_examples
+    b = LanguageTrainer(tiny_config(seed=2)).source.eval_examples
+    assert a == b and len(a) == 8
+
+
+def test_non_finite_loss_skips_every_update_and_keeps_weights(tiny_cfg):
+    trainer = LanguageTrainer(tiny_cfg)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    batch, _ = trainer.rollout()
+    batch.adv = torch.full_like(batch.adv, math.nan)
+    metrics = trainer.update(batch)
+    assert metrics["skipped_updates"] == metrics["updates"] == tiny_cfg.language.num_iterations
+    for n, p in trainer.model.named_parameters():
+        assert torch.equal(before[n], p), n
