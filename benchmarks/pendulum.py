@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from dipod.control.experiment import plot_curves, results_from_logs, run_grid, summarise
+from dipod.control.experiment import plot_curves, plot_drift, results_from_logs, run_grid, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = [ROOT / "configs/control/pendulum_fpo_pp.yaml", ROOT / "configs/control/pendulum_fpo_pp_dipod.yaml"]
@@ -38,8 +38,11 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/pendulum"))
     parser.add_argument("--set", nargs="*", default=[], dest="overrides", help="config overrides a.b=c")
+    parser.add_argument("--drift-every", type=int, default=0, help="log the drift probe every this many steps")
     parser.add_argument("--from-logs", action="store_true", help="summarise the existing per-step logs only")
     args = parser.parse_args()
+    if args.drift_every:
+        args.overrides = [*args.overrides, f"drift.every={args.drift_every}"]
     out = Path(args.out)
     if args.from_logs:
         results = results_from_logs(sorted((out.parent / f"{out.name}_runs").glob("*.jsonl")))
@@ -66,6 +69,7 @@ def main() -> None:
     plot_curves(
         results, out.with_suffix(".png"), title="Pendulum-v1: flow policy, FPO++ vs FPO++ + DiPOD", threshold=THRESHOLD
     )
+    plot_drift(results, out.parent / f"{out.name}_drift.png", title="Pendulum-v1: drift probe")
     for name, entry in summary.items():
         print(
             f"{name}: final return {entry['final_return_mean']:.1f} +- {entry['final_return_std']:.1f}, "

@@ -184,3 +184,36 @@ def results_from_logs(paths: list[Path]) -> list[dict]:
             }
         )
     return results
+
+
+def plot_drift(results: list[dict], path: Path, *, title: str) -> bool:
+    """PNG of the drift probe (gap log pi - ELBO surrogate, gradient cosine) vs env steps; False if none logged."""
+    runs = [r for r in results if r.get("drift")]
+    if not runs:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_gap, ax_cos) = plt.subplots(1, 2, figsize=(11, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    names = sorted({r["name"] for r in runs})
+    for color, name in zip(colors, names, strict=False):
+        for i, r in enumerate(x for x in runs if x["name"] == name):
+            steps = [d["samples"] for d in r["drift"]]
+            label = name if i == 0 else None
+            ax_gap.plot(steps, [d["drift/gap"] for d in r["drift"]], color=color, alpha=0.8, label=label)
+            ax_cos.plot(steps, [d["drift/grad_cosine"] for d in r["drift"]], color=color, alpha=0.8, label=label)
+    ax_gap.set_ylabel("drift/gap: exact Euler log pi - (-CFM)")
+    ax_cos.set_ylabel("drift/grad_cosine: proxy vs true PG")
+    for ax in (ax_gap, ax_cos):
+        ax.set_xlabel("env steps")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
