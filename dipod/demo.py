@@ -52,7 +52,13 @@ BUDGETS: dict[str, Budget] = {
                 "language.data.eval_size=8",
                 "language.eval_batch_size=8",
             ),
-            "control": ("train.steps=3", "train.eval_every=0", "drift.every=2", "control.eval_episodes=2"),
+            "control": (
+                "train.steps=3",
+                "train.eval_every=0",
+                "drift.every=2",
+                "control.num_envs=16",
+                "control.eval_episodes=2",
+            ),
         },
     ),
 }
