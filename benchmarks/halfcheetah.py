@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/halfcheetah"))
     parser.add_argument("--set", nargs="*", default=[], dest="overrides", help="config overrides a.b=c")
+    parser.add_argument("--compare", nargs="*", default=[], help="result JSONs whose runs join a comparison plot")
     parser.add_argument("--from-logs", action="store_true", help="summarise the existing per-step logs only")
     args = parser.parse_args()
     out = Path(args.out)
@@ -56,6 +57,11 @@ def main() -> None:
     }
     out.with_suffix(".json").write_text(json.dumps(payload, indent=1))
     plot_curves(results, out.with_suffix(".png"), title="HalfCheetah-v5: flow policy, FPO++")
+    if args.compare:
+        others = [r for path in args.compare for r in json.loads(Path(path).read_text())["runs"]]
+        plot_curves(
+            results + others, out.parent / f"{out.name}_compare.png", title="HalfCheetah-v5: flow vs Gaussian policy"
+        )
     for r in results:
         last = r["episode_return"][-1] if r["episode_return"] else float("nan")
         print(f"{r['name']} seed {r['seed']}: {r['env_steps']} env steps, last episode return {last:.1f}")

@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/pendulum"))
     parser.add_argument("--set", nargs="*", default=[], dest="overrides", help="config overrides a.b=c")
     parser.add_argument("--drift-every", type=int, default=0, help="log the drift probe every this many steps")
+    parser.add_argument("--compare", nargs="*", default=[], help="result JSONs whose runs join a comparison plot")
     parser.add_argument("--from-logs", action="store_true", help="summarise the existing per-step logs only")
     args = parser.parse_args()
     if args.drift_every:
@@ -70,6 +71,11 @@ def main() -> None:
         results, out.with_suffix(".png"), title="Pendulum-v1: flow policy, FPO++ vs FPO++ + DiPOD", threshold=THRESHOLD
     )
     plot_drift(results, out.parent / f"{out.name}_drift.png", title="Pendulum-v1: drift probe")
+    if args.compare:
+        others = [r for path in args.compare for r in json.loads(Path(path).read_text())["runs"]]
+        plot_curves(
+            results + others, out.parent / f"{out.name}_compare.png", title="Pendulum-v1: flow vs Gaussian policy"
+        )
     for name, entry in summary.items():
         print(
             f"{name}: final return {entry['final_return_mean']:.1f} +- {entry['final_return_std']:.1f}, "

@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from dipod.config import load_config
@@ -24,7 +23,6 @@ def _mass_near_modes(config: str, seed: int) -> list[float]:
     return [float(((actions - m).abs() < NEAR).float().mean()) for m in MODES]
 
 
-@pytest.mark.slow
 def test_flow_keeps_both_modes_gaussian_does_not():
     # Seed 0 of the shipped configs. Which peak grows faster is a random walk: on other seeds the flow
     # policy still keeps mass on both peaks, but less evenly (e.g. 24% / 51% for seed 1 after 50 steps).
