@@ -196,6 +196,9 @@ def report(
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for the demo's runs and report.")] = Path("dipod-demo"),
     budget: Annotated[str, typer.Option("--budget", help="default (minutes on a CPU) or small (seconds).")] = "default",
+    jobs: Annotated[
+        int | None, typer.Option("--jobs", min=1, help="Runs trained at once (default: CPU cores, at most 2).")
+    ] = None,
     quiet: QuietOption = False,
 ) -> None:
     """CPU end-to-end comparison: FPO vs FPO + DiPOD on 4x4 Sudoku and FPO++ vs FPO++ + DiPOD on control."""
@@ -205,7 +208,7 @@ def demo(
     if budget not in BUDGETS:
         raise _fail(f"--budget {budget!r}: choose one of {', '.join(BUDGETS)}", EXIT_CONFIG)
     try:
-        report_dir = run_demo(out, budget=budget, quiet=quiet)
+        report_dir = run_demo(out, budget=budget, quiet=quiet, jobs=jobs)
     except ConfigError as exc:
         raise _fail(str(exc), EXIT_CONFIG) from None
     typer.echo(f"demo finished: report in {report_dir / 'report.md'}")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from dipod.config import ConfigError, RunConfig, dump_config, validate_config
@@ -91,11 +92,14 @@ def is_bad_step(metrics: dict[str, Any], updates: int | None = None) -> bool:
 
 
 def nonfinite_tensors(state: Any, prefix: str = "") -> list[str]:
-    """Dotted names of floating tensors in a (nested) state dict that hold NaN or inf."""
+    """Dotted names of floating tensors and arrays in a (nested) state dict that hold NaN or inf."""
     bad: list[str] = []
     if isinstance(state, torch.Tensor):
         if state.is_floating_point() and not bool(torch.isfinite(state).all()):
             bad.append(prefix or "<tensor>")
+    elif isinstance(state, np.ndarray):
+        if np.issubdtype(state.dtype, np.floating) and not np.isfinite(state).all():
+            bad.append(prefix or "<array>")
     elif isinstance(state, dict):
         for key, value in state.items():
             bad += nonfinite_tensors(value, f"{prefix}.{key}" if prefix else str(key))

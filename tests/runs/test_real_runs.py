@@ -78,6 +78,24 @@ def test_control_pendulum_crash_resume_in_process(tmp_path):
     assert rows_without_time(tmp_path / "part") == rows_without_time(tmp_path / "full")
 
 
+def test_control_diverging_run_stops_and_never_checkpoints_nonfinite_state(tmp_path):
+    """An absurd learning rate blows the policy up: updates are skipped, the run stops with a message."""
+    from dipod.config import load_config
+    from dipod.runs import BadStepsError, run_training
+    from dipod.runs.checkpoint import list_checkpoints, load_checkpoint
+    from dipod.runs.loop import nonfinite_tensors
+    from dipod.trainers import build_trainer
+
+    overrides = [*CONTROL_TINY, "optim.lr=1e30", "optim.max_grad_norm=null", "train.max_bad_steps=2"]
+    cfg = load_config(ROOT / "configs" / "control" / "pendulum_fpo_pp.yaml", [*overrides, "train.checkpoint_every=1"])
+    with pytest.raises(BadStepsError, match="2 consecutive steps"):
+        run_training(cfg, tmp_path, trainer_factory=build_trainer, quiet=True)
+    checkpoints = list_checkpoints(tmp_path / "checkpoints")
+    assert checkpoints  # the steps before the blow-up
+    for path in checkpoints:
+        assert nonfinite_tensors(load_checkpoint(path)["trainer"]) == []
+
+
 @pytest.mark.slow
 def test_control_pendulum_sigkill_resume(tmp_path):
     config = ROOT / "configs" / "control" / "pendulum_fpo_pp_dipod.yaml"

@@ -6,13 +6,14 @@ import json
 import math
 import signal
 
+import numpy as np
 import pytest
 import torch
 
 from dipod.config import ConfigError, load_config
 from dipod.runs import BadStepsError, run_training
 from dipod.runs.checkpoint import list_checkpoints, load_checkpoint
-from dipod.runs.loop import RunDirError, is_bad_step, updates_per_step
+from dipod.runs.loop import RunDirError, is_bad_step, nonfinite_tensors, updates_per_step
 from dipod.runs.metrics import read_metrics
 from tests.runs.fake_trainer import FakeTrainer, fake_config
 
@@ -57,7 +58,14 @@ def test_run_dir_contents(tmp_path):
         "step_00000004.pt",
         "step_00000005.pt",
     ]
-    assert any((tmp_path / "tb").iterdir())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(tmp_path / "tb"))
+    board.Reload()
+    assert [e.step for e in board.Scalars("train/reward_mean")] == [1, 2, 3, 4, 5]
+    assert [e.value for e in board.Scalars("eval/reward")] == pytest.approx(
+        [rows[1]["eval/reward"], rows[3]["eval/reward"], rows[4]["eval/reward"]]
+    )
 
 
 def test_drift_rows_and_log_every(tmp_path):
@@ -146,6 +154,16 @@ def test_nonfinite_parameters_are_not_checkpointed(tmp_path, capsys):
         )
     assert [load_checkpoint(p)["step"] for p in list_checkpoints(tmp_path / "checkpoints")] == [1]
     assert "non-finite values in model.bias" in capsys.readouterr().err
+
+
+def test_nonfinite_tensors_names_them():
+    state = {
+        "model": {"w": torch.ones(2), "b": torch.tensor([float("nan")])},
+        "obs": np.array([np.inf]),
+        "ids": torch.tensor([1, 2]),
+        "list": [torch.ones(1), torch.tensor([float("inf")])],
+    }
+    assert nonfinite_tensors(state) == ["model.b", "obs", "list.1"]
 
 
 def test_is_bad_step():
