@@ -24,6 +24,7 @@ from dipod.control.envs import final_observations, make_vector_env, restore_vect
 from dipod.control.normalizer import RunningNorm
 from dipod.control.policy import Critic, FlowPolicy, GaussianPolicy
 from dipod.control.self_distill import self_distill
+from dipod.diagnostics.drift import control_drift_probe
 from dipod.objectives import dipod_term, get_objective, ratio_ppo_loss
 from dipod.optim import clip_and_step, loss_is_finite
 from dipod.types import LossOut
@@ -351,8 +352,8 @@ class ControlTrainer:
         """ELBO, exact Euler log-likelihood, their gap, and the proxy-vs-true policy-gradient cosine.
 
         Probe batch: ``drift.probe_size`` transitions of the latest rollout (actions sampled by the
-        policy, with their normalised advantages). Proxy gradient: -mean(A * grad ELBO), the
-        objective's PG gradient at rho = 1; true: -mean(A * grad log pi). Both over actor parameters.
+        policy, with their normalised advantages); the metrics come from ``control_drift_probe``, in
+        the flow's scaled action units.
         """
         if not isinstance(self.actor, FlowPolicy):
             raise ValueError("drift_probe needs a flow policy (the Gaussian baseline's likelihood is exact)")
@@ -365,21 +366,11 @@ class ControlTrainer:
         rows = rows.to(self.device)
         obs, actions = b["obs"][rows], b["actions"][rows]
         adv = self._normalize_adv(b["adv"][rows])
-        params = [p for p in self.actor.parameters() if p.requires_grad]
         draws = draw_flow_noise(size, self.cc.cfm_draws, self.action_dim, generator=self.gen_probe, device=self.device)
-        elbo = -self.actor.cfm_losses(obs, actions, draws).mean(-1)  # (P,)
-        grad_proxy = torch.autograd.grad(-(adv * elbo).mean(), params)
-        loglik = self.actor.loglik(obs, actions)  # (P,)
-        grad_true = torch.autograd.grad(-(adv * loglik).mean(), params)
-        flat_proxy = torch.cat([g.flatten() for g in grad_proxy])
-        flat_true = torch.cat([g.flatten() for g in grad_true])
-        cosine = torch.nn.functional.cosine_similarity(flat_proxy, flat_true, dim=0)
-        return {
-            "drift/elbo": float(elbo.detach().mean()),
-            "drift/loglik": float(loglik.detach().mean()),
-            "drift/gap": float((loglik - elbo).detach().mean()),
-            "drift/grad_cosine": float(cosine),
-        }
+        return control_drift_probe(
+            self.actor.velocity, self.actor.parameters(), obs, actions / self.actor.actor_scale, adv, draws,
+            self.cfg.objective, sampling_steps=self.actor.sampling_steps,
+        )  # fmt: skip
 
     def _fill_probe_batch(self) -> None:
         """Fill the drift probe's batch with one rollout and its advantages, without updating."""
