@@ -7,10 +7,14 @@ importance-weighted bound over ``drift.num_orders`` orders; exact enumeration is
 L = 16), drift/gap and drift/grad_cosine. One JSON row per step goes to
 benchmarks/results/language_drift_runs/<name>_seed<k>.jsonl; the summary, table and figure to
 benchmarks/results/language_drift.{json,png}. Configs: configs/experiments/sudoku_*_drift.yaml
-(the tiny Sudoku configs at a 2-CPU budget, drift.every 10, probe_size 8, num_orders 8).
+(the tiny Sudoku configs at a 2-CPU budget, drift.every 10, probe_size 8, num_orders 8). With ``--tag T`` the
+logs go to benchmarks/results/language_drift_T_runs/ and the summary to language_drift_T.{json,png}, so a
+second sweep (e.g. configs/experiments/sudoku_*_tuned_drift.yaml with ``--tag tuned``) keeps the first.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 nohup python benchmarks/language_drift.py --seeds 0 1 2 > lang.log 2>&1 &
     PYTHONPATH=. python benchmarks/language_drift.py --summarise-only
+    PYTHONPATH=. OMP_NUM_THREADS=1 nohup python benchmarks/language_drift.py --tag tuned \
+        --configs configs/experiments/sudoku_fpo_tuned_drift.yaml --seeds 0 1 2 > lang_tuned.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -23,7 +27,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-RUNS = RESULTS / "language_drift_runs"
+
+
+def output_names(tag: str | None) -> tuple[Path, str]:
+    """(runs folder, summary file stem) for a sweep: language_drift[_<tag>]_runs/ and language_drift[_<tag>]."""
+    stem = f"language_drift_{tag}" if tag else "language_drift"
+    return RESULTS / f"{stem}_runs", stem
+
+
 CONFIGS = [
     "configs/experiments/sudoku_fpo_drift.yaml",
     "configs/experiments/sudoku_fpo_dipod_drift.yaml",
@@ -42,8 +53,12 @@ KEEP = (
 )
 
 
-def train_with_probe(config: str, seed: int, overrides: list[str], adaptive_budget: float | None = None) -> Path:
+def train_with_probe(
+    config: str, seed: int, overrides: list[str], adaptive_budget: float | None = None, runs: Path | None = None
+) -> Path:
     """One run of ``train.steps`` steps with the probe every ``drift.every`` steps (and at step 0); returns its log.
+
+    The log goes to ``runs`` (default: the untagged runs folder).
 
     With ``adaptive_budget`` the DiPOD weight follows ``adapt_beta`` on each probe's gap (starting
     from ``objective.dipod_beta``, clamped to [0.005, 0.4]).
@@ -62,8 +77,9 @@ def train_with_probe(config: str, seed: int, overrides: list[str], adaptive_budg
     trainer = LanguageTrainer(cfg)
     gen_probe = torch.Generator(device=trainer.device).manual_seed(1000 * seed + 3)
     np_probe = np.random.default_rng(1000 * seed + 3)
-    RUNS.mkdir(parents=True, exist_ok=True)
-    log_path = RUNS / f"{cfg.name}_seed{seed}.jsonl"
+    runs = runs if runs is not None else output_names(None)[0]
+    runs.mkdir(parents=True, exist_ok=True)
+    log_path = runs / f"{cfg.name}_seed{seed}.jsonl"
     start, probe_s, train_s = time.perf_counter(), 0.0, 0.0
     with log_path.open("w") as log:
         for step in range(steps + 1):
@@ -214,6 +230,7 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], dest="overrides")
     parser.add_argument("--adaptive-budget", type=float, default=None, help="adapt beta to this gap (nats)")
     parser.add_argument("--summarise-only", action="store_true")
+    parser.add_argument("--tag", default=None, help="write language_drift_<tag>_runs/ and language_drift_<tag>.*")
     parser.add_argument("--base-eval", action="store_true", help="evaluate the untrained base and stop")
     args = parser.parse_args()
     if args.base_eval:
@@ -221,14 +238,16 @@ def main() -> None:
         (RESULTS / "language_base_eval.json").write_text(json.dumps(result, indent=1))
         print(result)
         return
+    runs, stem = output_names(args.tag)
     if not args.summarise_only:
         for seed in args.seeds:  # seed-major, so a cut-short sweep still has every variant
             for config in args.configs:
-                print("done", train_with_probe(config, seed, args.overrides, args.adaptive_budget), flush=True)
-    summary = summarise(sorted(RUNS.glob("*.jsonl")))
+                log = train_with_probe(config, seed, args.overrides, args.adaptive_budget, runs)
+                print("done", log, flush=True)
+    summary = summarise(sorted(runs.glob("*.jsonl")))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "language_drift.json").write_text(json.dumps(summary))
-    plot(summary, RESULTS / "language_drift.png")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(summary))
+    plot(summary, RESULTS / f"{stem}.png")
     print(table(summary))
 
 
