@@ -1,4 +1,4 @@
-"""Tiny 4x4 Sudoku: FPO vs FPO + DiPOD and SPG vs SPG + DiPOD, reward and double-drift curves over seeds.
+"""Tiny 4x4 Sudoku (and Countdown): FPO vs FPO + DiPOD and SPG vs SPG + DiPOD, reward and double-drift curves.
 
 Each run trains ``LanguageTrainer`` from the shipped SFT base with one of the configs below and,
 every ``--every`` steps, measures the drift probe on fresh completions from the probe's own random
@@ -9,7 +9,9 @@ benchmarks/results/language_drift_runs/<name>_seed<k>.jsonl; the summary, table 
 benchmarks/results/language_drift.{json,png}. Configs: configs/experiments/sudoku_*_drift.yaml
 (the tiny Sudoku configs at a 2-CPU budget, drift.every 10, probe_size 8, num_orders 8). With ``--tag T`` the
 logs go to benchmarks/results/language_drift_T_runs/ and the summary to language_drift_T.{json,png}, so a
-second sweep (e.g. configs/experiments/sudoku_*_tuned_drift.yaml with ``--tag tuned``) keeps the first.
+second sweep (e.g. configs/experiments/sudoku_*_tuned_drift.yaml with ``--tag tuned``) keeps the first. The same
+script runs tiny Countdown with configs/experiments/countdown_*_tuned_drift.yaml and ``--tag countdown`` (their SFT
+base, runs/countdown_sft, is made first; benchmarks/results/RESULTS.md §3 gives the command).
 
     PYTHONPATH=. OMP_NUM_THREADS=1 nohup python benchmarks/language_drift.py --seeds 0 1 2 > lang.log 2>&1 &
     PYTHONPATH=. python benchmarks/language_drift.py --summarise-only
@@ -41,6 +43,7 @@ CONFIGS = [
     "configs/experiments/sudoku_spg_drift.yaml",
     "configs/experiments/sudoku_spg_dipod_drift.yaml",
 ]
+TASK_TITLES = {"sudoku": "tiny 4x4 Sudoku", "countdown": "tiny Countdown"}  # figure titles by run-name prefix
 KEEP = (
     "step",
     "reward_mean",
@@ -152,6 +155,11 @@ def summarise(paths: list[Path]) -> dict:
             vals = _series(rows, key)
             return vals[-1][1] if vals else None
 
+        def mean_after0(rows: list[dict], key: str) -> float | None:
+            """Mean over the probes after step 0 (a single 8-completion probe is noisy)."""
+            vals = [v for t, v in _series(rows, key) if t > 0]
+            return sum(vals) / len(vals) if vals else None
+
         out[name] = {
             "seeds": len(runs),
             "steps": [r[-1]["step"] for r in runs],
@@ -159,6 +167,7 @@ def summarise(paths: list[Path]) -> dict:
             "eval_accuracy": _mean_std([last(r, "eval/accuracy") for r in runs]),
             "gap_start": _mean_std([first(r, "drift/gap") for r in runs]),
             "gap_end": _mean_std([last(r, "drift/gap") for r in runs]),
+            "gap_mean_after0": _mean_std([mean_after0(r, "drift/gap") for r in runs]),
             "gap_change": _mean_std(
                 [None if first(r, "drift/gap") is None else last(r, "drift/gap") - first(r, "drift/gap") for r in runs]
             ),
@@ -201,7 +210,8 @@ def plot(summary: dict, path: Path) -> None:
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("tiny 4x4 Sudoku, mean ± std over seeds")
+    task = next(iter(summary["runs"]), "").split("_")[0]
+    fig.suptitle(f"{TASK_TITLES.get(task, task)}, mean ± std over seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -213,6 +223,7 @@ def table(summary: dict) -> str:
         "eval_accuracy",
         "gap_start",
         "gap_end",
+        "gap_mean_after0",
         "gap_change",
         "grad_cosine_mean",
         "probe_fraction",
@@ -231,11 +242,12 @@ def main() -> None:
     parser.add_argument("--adaptive-budget", type=float, default=None, help="adapt beta to this gap (nats)")
     parser.add_argument("--summarise-only", action="store_true")
     parser.add_argument("--tag", default=None, help="write language_drift_<tag>_runs/ and language_drift_<tag>.*")
-    parser.add_argument("--base-eval", action="store_true", help="evaluate the untrained base and stop")
+    parser.add_argument("--base-eval", action="store_true", help="evaluate the untrained base of --configs[0] and stop")
     args = parser.parse_args()
     if args.base_eval:
         result = base_eval(args.configs[0])
-        (RESULTS / "language_base_eval.json").write_text(json.dumps(result, indent=1))
+        name = f"language_base_eval_{args.tag}.json" if args.tag else "language_base_eval.json"
+        (RESULTS / name).write_text(json.dumps(result, indent=1))
         print(result)
         return
     runs, stem = output_names(args.tag)
