@@ -17,19 +17,9 @@ import json
 from pathlib import Path
 
 from dipod.config import load_config
-from dipod.control.experiment import plot_curves, plot_drift, results_from_logs, run_grid, summarise
+from dipod.control.experiment import carry_evaluations, plot_curves, plot_drift, results_from_logs, run_grid, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _carry_evaluations(results: list[dict], previous: Path) -> None:
-    """Keep the end-of-run evaluations of an earlier full run when re-summarising from logs."""
-    if not previous.is_file():
-        return
-    evals = {(r["name"], r["seed"]): r for r in json.loads(previous.read_text()).get("runs", [])}
-    for r in results:
-        old = evals.get((r["name"], r["seed"]), {})
-        r.update({k: v for k, v in old.items() if k.startswith("eval/")})
 
 
 def main() -> None:
@@ -51,7 +41,7 @@ def main() -> None:
     log_dir = out.parent / f"{out.name}_runs"
     if args.from_logs:
         results = results_from_logs(sorted(log_dir.glob("*.jsonl")))
-        _carry_evaluations(results, out.with_suffix(".json"))
+        carry_evaluations(results, out.with_suffix(".json"))
     else:
         results = run_grid(args.configs, args.seeds, args.env_steps, log_dir, jobs=args.jobs, overrides=args.overrides)
     summary = summarise(results)

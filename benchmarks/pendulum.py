@@ -13,21 +13,11 @@ import argparse
 import json
 from pathlib import Path
 
-from dipod.control.experiment import plot_curves, plot_drift, results_from_logs, run_grid, summarise
+from dipod.control.experiment import carry_evaluations, plot_curves, plot_drift, results_from_logs, run_grid, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = [ROOT / "configs/control/pendulum_fpo_pp.yaml", ROOT / "configs/control/pendulum_fpo_pp_dipod.yaml"]
 THRESHOLD = -300.0
-
-
-def _carry_evaluations(results: list[dict], previous: Path) -> None:
-    """Keep the end-of-run evaluations of an earlier full run when re-summarising from logs."""
-    if not previous.is_file():
-        return
-    evals = {(r["name"], r["seed"]): r for r in json.loads(previous.read_text()).get("runs", [])}
-    for r in results:
-        old = evals.get((r["name"], r["seed"]), {})
-        r.update({k: v for k, v in old.items() if k.startswith("eval/")})
 
 
 def main() -> None:
@@ -47,7 +37,7 @@ def main() -> None:
     out = Path(args.out)
     if args.from_logs:
         results = results_from_logs(sorted((out.parent / f"{out.name}_runs").glob("*.jsonl")))
-        _carry_evaluations(results, out.with_suffix(".json"))
+        carry_evaluations(results, out.with_suffix(".json"))
     else:
         results = run_grid(
             args.configs,

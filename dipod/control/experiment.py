@@ -217,3 +217,13 @@ def plot_drift(results: list[dict], path: Path, *, title: str) -> bool:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
+
+
+def carry_evaluations(results: list[dict], previous: Path) -> None:
+    """Keep the end-of-run evaluations of an earlier full run when re-summarising from logs."""
+    if not previous.is_file():
+        return
+    evals = {(r["name"], r["seed"]): r for r in json.loads(previous.read_text()).get("runs", [])}
+    for r in results:
+        old = evals.get((r["name"], r["seed"]), {})
+        r.update({k: v for k, v in old.items() if k.startswith("eval/")})
