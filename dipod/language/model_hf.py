@@ -88,8 +88,14 @@ class HFMaskedLM(nn.Module):
             logits_shift=logits_shift,
         )
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (N, T, V) for input_ids (N, T) long; attention_mask (N, T) bool, False on padding."""
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, positions: slice | None = None
+    ) -> torch.Tensor:
+        """Logits (N, T, V) for input_ids (N, T) long; attention_mask (N, T) bool, False on padding.
+
+        ``positions`` returns the logits there only, (N, Tp, V); the whole forward still runs (the
+        wrapped models compute every position), so this saves the caller's memory, not compute.
+        """
         if self.dream_style_inputs:
             logits = self._dream_forward(input_ids, attention_mask)
         else:
@@ -97,6 +103,8 @@ class HFMaskedLM(nn.Module):
             logits = self.net(input_ids=input_ids, attention_mask=mask).logits  # (N, T, V')
         if self.logits_shift:
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)  # position i now predicts token i
+        if positions is not None:
+            logits = logits[:, positions]
         return logits[..., : self.vocab_size]  # padded embedding rows are not tokens
 
     def _dream_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:

@@ -38,6 +38,8 @@ class TinyConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.n_layer < 1:
+            raise ValueError(f"n_layer = {self.n_layer} must be at least 1")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd = {self.n_embd} must be divisible by n_head = {self.n_head}")
         for name in ("mask_token_id", "pad_token_id", "eos_token_id"):
@@ -57,13 +59,15 @@ class SelfAttention(nn.Module):
         self.o_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
-        n, t, c = x.shape  # rows, sequence length, embedding width
-        q, k, v = (self._heads(proj(x)) for proj in (self.q_proj, self.k_proj, self.v_proj))  # (N, H, T, C/H)
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None, queries: slice | None = None) -> torch.Tensor:
+        """Attention output (N, T, C), or (N, Tq, C) at the ``queries`` positions only (keys: every position)."""
+        q = self._heads(self.q_proj(x if queries is None else x[:, queries]))  # (N, H, Tq, C/H)
+        k, v = self._heads(self.k_proj(x)), self._heads(self.v_proj(x))  # (N, H, T, C/H)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=key_mask, dropout_p=self.dropout if self.training else 0.0, is_causal=False
-        )  # (N, H, T, C/H)
-        return self.o_proj(y.transpose(1, 2).reshape(n, t, c))
+        )  # (N, H, Tq, C/H)
+        n, _, t_q, _ = y.shape
+        return self.o_proj(y.transpose(1, 2).reshape(n, t_q, x.shape[-1]))
 
     def _heads(self, y: torch.Tensor) -> torch.Tensor:
         n, t, c = y.shape
@@ -89,8 +93,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), key_mask)
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None, queries: slice | None = None) -> torch.Tensor:
+        """(N, T, C) -> (N, T, C), or (N, Tq, C) when only the ``queries`` positions are wanted."""
+        residual = x if queries is None else x[:, queries]
+        x = residual + self.attn(self.ln_1(x), key_mask, queries)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -143,8 +149,16 @@ class TinyMaskedLM(nn.Module):
                 std = residual_std if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
                 p.normal_(0.0, std, generator=generator)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (N, T, V) for input_ids (N, T) long; attention_mask (N, T) bool hides padding keys."""
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, positions: slice | None = None
+    ) -> torch.Tensor:
+        """Logits (N, T, V) for input_ids (N, T) long; attention_mask (N, T) bool hides padding keys.
+
+        With ``positions`` only the logits there are returned, (N, Tp, V): the last block then computes its
+        queries, MLP and output head at those positions alone (its keys and values still see the whole
+        sequence), so they equal the full forward's logits there at a fraction of the cost. The sampler
+        asks for the current block only.
+        """
         t = input_ids.shape[1]
         if t > self.config.max_seq_len:
             raise ValueError(f"sequence length {t} exceeds max_seq_len = {self.config.max_seq_len}")
@@ -158,9 +172,11 @@ class TinyMaskedLM(nn.Module):
             keys = keys | ~keys.any(-1, keepdim=True)
             key_mask = keys[:, None, None, :]  # (N, 1, 1, T) broadcast over heads and queries
         x = self.drop(self.wte(input_ids) + self.wpe(pos))  # (N, T, C)
-        for block in self.blocks:
+        *inner, last = self.blocks
+        for block in inner:
             x = block(x, key_mask)
-        return self.lm_head(self.ln_f(x))  # (N, T, V)
+        x = last(x, key_mask, positions)  # (N, Tp, C)
+        return self.lm_head(self.ln_f(x))  # (N, Tp, V)
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write ``config.json`` and ``model.safetensors`` into ``directory``."""

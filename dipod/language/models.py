@@ -1,7 +1,8 @@
 """The masked diffusion LM interface and the factory that builds a model and its tokenizer from config.
 
 Everything downstream (samplers, ELBO scoring, trainers) sees only ``MaskedDiffusionLM``: a module
-called as ``model(input_ids, attention_mask)`` that returns logits for every position, plus the
+called as ``model(input_ids, attention_mask)`` that returns logits for every position (or, with
+``positions=slice(lo, hi)``, for those alone: the sampler needs one block), plus the
 special ids of its tokenizer. The built-in tiny transformer and the HF adapter both implement it.
 """
 
@@ -28,11 +29,16 @@ class MaskedDiffusionLM(Protocol):
     eos_token_id: int
     vocab_size: int
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """input_ids (N, T) long, attention_mask (N, T) bool (False on padding) or None -> logits (N, T, V)."""
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, positions: slice | None = None
+    ) -> torch.Tensor:
+        """input_ids (N, T) long, attention_mask (N, T) bool (False on padding) or None -> logits (N, T, V),
+        or (N, Tp, V) at ``positions`` only (equal to the full logits there; cheaper where the model can)."""
         ...
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor: ...
+    def __call__(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, positions: slice | None = None
+    ) -> torch.Tensor: ...
 
 
 def build_tokenizer(cfg: ModelConfig) -> Tokenizer:

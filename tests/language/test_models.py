@@ -208,7 +208,7 @@ SEED = 0
 
 
 def tiny(finetune: str = "full", **overrides) -> tuple[MaskedDiffusionLM, CharTokenizer]:
-    cfg = ModelConfig(n_layer=2, n_embd=32, n_head=2, max_seq_len=64, finetune=finetune, **overrides)
+    cfg = ModelConfig(**{"n_layer": 2, "n_embd": 32, "n_head": 2, "max_seq_len": 64, "finetune": finetune, **overrides})
     tok = build_tokenizer(cfg)
     return build_model(cfg, tokenizer=tok, generator=torch.Generator().manual_seed(SEED)), tok
 
@@ -241,6 +241,18 @@ def test_left_padding_does_not_change_logits_of_real_tokens():
     ids, attn = tok.batch_encode(["12345", "345"])  # second row left-padded by 2
     alone = model(torch.tensor([tok.encode("345")]))
     torch.testing.assert_close(model(ids, attn)[1, 2:], alone[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_layer", [1, 3])
+def test_logits_at_positions_equal_the_full_forward_there(n_layer):
+    model, tok = tiny(n_layer=n_layer)
+    ids, attn = tok.batch_encode(["12+3=15", "7*8"])  # second row left-padded
+    full = model(ids, attn)
+    for positions in (slice(2, 5), slice(0, ids.shape[1]), slice(6, 7)):
+        part = model(ids, attn, positions=positions)
+        assert part.shape == (2, positions.stop - positions.start, tok.vocab_size)
+        torch.testing.assert_close(part, full[:, positions], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model(ids, positions=slice(1, 3)), model(ids)[:, 1:3], rtol=1e-5, atol=1e-5)
 
 
 def test_same_generator_same_weights_and_save_load_roundtrip(tmp_path):
@@ -299,6 +311,7 @@ def test_bert_masked_lm_through_automodelformaskedlm(tmp_path):
         generator=None,
     )
     assert out.nfe == 4 and not (out.completion == model.mask_token_id).any()
+    torch.testing.assert_close(model(ids, attn, positions=slice(2, 4)), logits[:, 2:4])
 
 
 def test_remote_code_model_reads_mask_id_from_config_and_is_bidirectional(tmp_path):
@@ -346,6 +359,7 @@ def test_dream_style_model_gets_unshifted_logits_and_a_4d_mask(tmp_path):
         gen_length=2, block_length=2, steps=2, generator=None,
     )  # fmt: skip
     assert out.nfe == 2
+    torch.testing.assert_close(model(ids, attn, positions=slice(1, 3)), model(ids, attn)[:, 1:3])
 
 
 def test_missing_path_and_missing_mask_token_fail_clearly(tmp_path):

@@ -36,13 +36,15 @@ class ToyModel:
         self.logits: list[torch.Tensor] = []
         self.mask_token_id, self.eos_token_id, self.pad_token_id, self.vocab_size = MASK, EOS, PAD, V
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, positions: slice | None = None
+    ) -> torch.Tensor:
         n, t = input_ids.shape
         prev = torch.cat([input_ids[:, :1], input_ids[:, :-1]], dim=1)
         logits = self.table[:t][None].expand(n, -1, -1) + 3.0 * torch.nn.functional.one_hot(prev, V)
         self.inputs.append(input_ids.clone())
         self.logits.append(logits.clone())
-        return logits
+        return logits if positions is None else logits[:, positions]
 
 
 def prompts(batch: int = 4, length: int = 5, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
