@@ -56,7 +56,7 @@ def train(
     from dipod import trainers
     from dipod.config import ConfigError, load_config
     from dipod.runs import BadStepsError, CheckpointError, run_training
-    from dipod.runs.loop import RunDirError
+    from dipod.runs.loop import RunDirError, process_rank
 
     try:
         cfg = load_config(config, set_ or [])
@@ -73,7 +73,8 @@ def train(
         raise _fail(str(exc), 1) from None
     if result.status == "interrupted":
         raise typer.Exit(EXIT_INTERRUPTED)
-    typer.echo(f"run finished: {out} (step {result.step}, final reward {result.summary.get('final_reward')})")
+    if process_rank() == 0:
+        typer.echo(f"run finished: {out} (step {result.step}, final reward {result.summary.get('final_reward')})")
 
 
 @app.command()

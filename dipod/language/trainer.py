@@ -20,10 +20,14 @@ The trainer holds no formulas: bounds, objectives and advantages come from ``dip
 DiPOD needs an ELBO: it is computed from K separate stored ELBO draws, which costs one extra forward
 pass per micro-batch (documented in configs/language/sudoku_diffu_grpo.yaml).
 
-Multi-process training goes through accelerate (DDP; ``accelerate launch --num_processes 2 --cpu``):
-every process draws the same prompts, keeps its shard, and DDP averages gradients, so an update with
-N processes equals the single-process update on the same global batch (for SPG, whose loss is
-normalised by the summed length per process, up to that normalisation).
+Multi-process training goes through accelerate (DDP): ``torchrun --nproc_per_node 2 -m dipod.cli
+train CONFIG`` on CPUs (``accelerate launch --cpu`` starts one process unless MPI is set up),
+``accelerate launch --num_processes N -m dipod.cli train CONFIG`` on GPUs, with FSDP or DeepSpeed from
+an accelerate config. Only rank 0 writes the run directory; a checkpoint keeps every process's random
+streams and is resumed with the same number of processes. Every process draws the same prompts, keeps
+its shard, and DDP averages gradients, so an update with N processes equals the single-process update
+on the same global batch (for SPG, whose loss is normalised by the summed length per process, up to
+that normalisation).
 
 Shape legend: B completions on this process (prompts x G), G group size, P prompt length,
 L completion length, K draws.
@@ -342,6 +346,10 @@ class LanguageTrainer:
             "bad_steps": self.bad_steps,
             "config": dump_config(self.cfg),
         }
+        if self.world > 1:  # each process samples from its own streams: keep them all (a collective call)
+            from accelerate.utils import gather_object
+
+            state["rank_generators"] = gather_object([(self.generator.get_state(), self.probe_generator.get_state())])
         if self.reference is not None:
             state["reference"] = self.reference.state_dict()
         return state
@@ -355,10 +363,15 @@ class LanguageTrainer:
                 f"checkpoint does not match the model: missing {sorted(trainable & set(missing))[:5]}, "
                 f"unexpected {unexpected[:5]}"
             )
+        generators = state.get("rank_generators", [(state["generator"], state["probe_generator"])])
+        if len(generators) != self.world:
+            raise ValueError(
+                f"the checkpoint was written by {len(generators)} process(es); resume it with as many, not {self.world}"
+            )
         self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(generators[self.rank][0])
         self.np_rng.bit_generator.state = state["np_rng"]
-        self.probe_generator.set_state(state["probe_generator"])
+        self.probe_generator.set_state(generators[self.rank][1])
         self.probe_rng.bit_generator.state = state["probe_rng"]
         self.step, self.samples, self.bad_steps = state["step"], state["samples"], state["bad_steps"]
         if self.reference is not None and "reference" in state:

@@ -5,12 +5,17 @@ state_dict (model, optimiser, generators, normalisers, environments, step, sampl
 random states, the resolved config, the byte offset of metrics.jsonl, the wall time so far and the
 count of consecutive bad steps. A resume truncates metrics.jsonl to that offset, so the rows a
 killed run wrote after its last checkpoint are written again, identically.
+
+Under a multi-process launcher (``torchrun``, ``accelerate launch``) every process runs the loop, but
+only rank 0 writes the run directory; the trainer's ``state_dict`` is still taken on every process,
+since gathering the per-process random streams into it is a collective operation.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -30,7 +35,7 @@ from dipod.runs.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from dipod.runs.metrics import MetricsFile, TensorBoardSink, clean_value, read_metrics
+from dipod.runs.metrics import MetricsFile, NullSink, TensorBoardSink, clean_value, read_metrics
 from dipod.runs.progress import RunProgress
 from dipod.runs.rng import global_rng_state, seed_globals, set_global_rng_state
 
@@ -127,6 +132,15 @@ def _config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") 
     return diffs
 
 
+def process_rank() -> int:
+    """This process's rank as set by torchrun or accelerate launch; 0 when not launched that way."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def _silent(message: str) -> None:
+    pass
+
+
 def _due(step: int, every: int) -> bool:
     return every > 0 and step % every == 0
 
@@ -160,11 +174,28 @@ class _InterruptFlag:
 # --------------------------------------------------------------------------- the run
 
 
-def prepare_run_dir(cfg: RunConfig, run_dir: Path, *, resume: bool, say: Callable[[str], None]) -> dict | None:
-    """Check the directory and return the checkpoint payload to resume from (None for a fresh start)."""
+def prepare_run_dir(
+    cfg: RunConfig, run_dir: Path, *, resume: bool, say: Callable[[str], None], writer: bool = True
+) -> dict | None:
+    """Check the directory, write its config.yaml, and return the checkpoint payload to resume from
+    (None for a fresh start).
+
+    ``writer``: this process writes the run directory (rank 0). Only it refuses a directory that holds
+    a run: the other processes would race with its first writes.
+    """
+    payload = _checkpoint_to_resume(cfg, run_dir, resume=resume, say=say, check_empty=writer)
+    if writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_config(cfg))
+    return payload
+
+
+def _checkpoint_to_resume(
+    cfg: RunConfig, run_dir: Path, *, resume: bool, say: Callable[[str], None], check_empty: bool
+) -> dict | None:
     ckpt_dir = run_dir / "checkpoints"
     if not resume:
-        if (run_dir / "metrics.jsonl").exists() or list_checkpoints(ckpt_dir):
+        if check_empty and ((run_dir / "metrics.jsonl").exists() or list_checkpoints(ckpt_dir)):
             raise RunDirError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
         return None
     found = latest_checkpoint(ckpt_dir, warn=say)
@@ -226,6 +257,21 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def _build_trainer(cfg: RunConfig, trainer_factory: TrainerFactory, payload: dict | None, run_dir: Path) -> Any:
+    """The trainer, with the checkpoint's state when resuming; failures become named errors."""
+    try:
+        trainer = trainer_factory(cfg)
+    except (ValueError, OSError) as exc:  # a model path that is not there, a setting the trainer cannot honour
+        raise ConfigError(f"{cfg.name}: cannot build the trainer: {exc}") from exc
+    if payload is not None:
+        try:
+            trainer.load_state_dict(payload["trainer"])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            where = run_dir / "checkpoints"
+            raise CheckpointError(f"cannot resume from the last checkpoint in {where}: {exc}") from exc
+    return trainer
+
+
 def run_training(
     cfg: RunConfig,
     run_dir: str | Path,
@@ -236,26 +282,24 @@ def run_training(
 ) -> RunResult:
     """Train ``cfg`` into ``run_dir`` (DESIGN §5), resuming from its last checkpoint when asked.
 
-    Raises RunDirError, ConfigError or CheckpointError before any work, and BadStepsError when
+    Raises RunDirError, ConfigError (also when the trainer cannot be built) or CheckpointError (also
+    when the trainer rejects the checkpoint's state) before any work, and BadStepsError when
     ``cfg.train.max_bad_steps`` consecutive steps produced no finite update.
     """
     run_dir = Path(run_dir)
-    progress = RunProgress(cfg.train.steps, description=cfg.name, quiet=quiet)
-    say = progress.log
-    payload = prepare_run_dir(cfg, run_dir, resume=resume, say=say)
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    writer = process_rank() == 0
+    progress = RunProgress(cfg.train.steps, description=cfg.name, quiet=quiet or not writer)
+    say = progress.log if writer else _silent
+    payload = prepare_run_dir(cfg, run_dir, resume=resume, say=say, writer=writer)
     seed_globals(cfg.seed)
-    trainer = trainer_factory(cfg)
+    trainer = _build_trainer(cfg, trainer_factory, payload, run_dir)
     time_before, bad_steps, offset = 0.0, 0, 0
     if payload is not None:
-        trainer.load_state_dict(payload["trainer"])
         set_global_rng_state(payload["rng"])
         time_before, bad_steps, offset = payload["time_s"], payload["bad_steps"], payload["metrics_offset"]
 
-    metrics = MetricsFile(run_dir / "metrics.jsonl", truncate_to=offset)
-    board = TensorBoardSink(run_dir / "tb", purge_step=trainer.step + 1)
+    metrics = MetricsFile(run_dir / "metrics.jsonl", truncate_to=offset) if writer else NullSink()
+    board = TensorBoardSink(run_dir / "tb", purge_step=trainer.step + 1) if writer else NullSink()
     rows = read_metrics(run_dir / "metrics.jsonl")
     started = time.monotonic()
     status = "completed"
@@ -265,7 +309,9 @@ def run_training(
         return time_before + time.monotonic() - started
 
     def checkpoint() -> None:
-        state = trainer.state_dict()
+        state = trainer.state_dict()  # on every process: it may gather from all of them
+        if not writer:
+            return
         bad = nonfinite_tensors(state)
         if bad:
             say(f"warning: step {trainer.step} has non-finite values in {', '.join(bad[:5])}: not checkpointed")
@@ -329,8 +375,15 @@ def run_training(
         if hasattr(trainer, "close"):  # vector envs with worker processes
             trainer.close()
         summary = _summary(cfg, status, trainer, elapsed(), rows)
-        _write_json(run_dir / "summary.json", summary)
+        if writer:
+            _write_json(run_dir / "summary.json", summary)
+    _wait_for_all_processes()  # no process moves on (e.g. to a resume) before rank 0 has written
     return RunResult(run_dir, status, trainer.step, summary)
+
+
+def _wait_for_all_processes() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 __all__ = ["BadStepsError", "CheckpointError", "RunDirError", "RunResult", "is_bad_step", "run_training"]

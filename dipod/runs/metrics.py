@@ -85,3 +85,19 @@ class TensorBoardSink:
 
     def close(self) -> None:
         self._writer.close()
+
+
+class NullSink:
+    """Stands in for MetricsFile and TensorBoardSink on processes other than rank 0, which write nothing."""
+
+    def write(self, row: dict[str, Any]) -> None:
+        pass
+
+    def sync(self) -> int:
+        return 0
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -1,5 +1,6 @@
 """Two-process DDP (gloo, CPU) through accelerate: one update equals the single-process update on the same
-global batch, gradients and parameters alike."""
+global batch, gradients and parameters alike; a two-process run writes its directory once and resumes
+bit for bit."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ import torch.multiprocessing as mp
 
 from dipod.config import validate_config
 from dipod.language.trainer import LanguageTrainer, RolloutBatch
+from dipod.runs import run_training
+from dipod.runs.checkpoint import list_checkpoints, load_checkpoint
+from dipod.runs.metrics import read_metrics
 from tests.language.language_helpers import TINY, merge
 
 CFG = merge(TINY, {"language": {"prompts_per_step": 4, "group_size": 4, "num_iterations": 2, "micro_batch_size": 4}})
@@ -88,3 +92,32 @@ def test_two_process_update_equals_single_process(tmp_path):
     for name, p in params.items():
         assert not torch.equal(p, initial[name]), f"parameter {name} has not changed"
         torch.testing.assert_close(distributed["params"][name], p, rtol=0, atol=1e-5, msg=name)
+
+
+def _run_worker(rank: int, world: int, port: int, root: str) -> None:
+    """Two runs on every process: 3 steps straight, and 1 step then a resume to 3."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    cfg = validate_config(merge(CFG, {"train": {"steps": 3, "checkpoint_every": 1, "eval_every": 0}}))
+    short = cfg.model_copy(deep=True)
+    short.train.steps = 1
+    run_training(cfg, f"{root}/straight", trainer_factory=LanguageTrainer, quiet=True)
+    run_training(short, f"{root}/resumed", trainer_factory=LanguageTrainer, quiet=True)
+    run_training(cfg, f"{root}/resumed", trainer_factory=LanguageTrainer, quiet=True, resume=True)
+
+
+@pytest.mark.slow
+def test_two_process_run_writes_once_and_resumes_bit_for_bit(tmp_path):
+    mp.spawn(_run_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    straight = read_metrics(tmp_path / "straight" / "metrics.jsonl")
+    resumed = read_metrics(tmp_path / "resumed" / "metrics.jsonl")
+    assert [row["step"] for row in straight] == [1, 2, 3]  # one row per step: only rank 0 wrote
+    for a, b in zip(straight, resumed, strict=True):  # the short run also evaluated at its last step
+        assert {k: v for k, v in a.items() if k != "time_s" and not k.startswith("eval/")} == {
+            k: v for k, v in b.items() if k != "time_s" and not k.startswith("eval/")
+        }
+    checkpoint = load_checkpoint(list_checkpoints(tmp_path / "resumed" / "checkpoints")[-1])
+    assert len(checkpoint["trainer"]["rank_generators"]) == 2

@@ -12,7 +12,7 @@ import torch
 
 from dipod.config import ConfigError, load_config
 from dipod.runs import BadStepsError, run_training
-from dipod.runs.checkpoint import list_checkpoints, load_checkpoint
+from dipod.runs.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from dipod.runs.loop import RunDirError, is_bad_step, nonfinite_tensors, updates_per_step
 from dipod.runs.metrics import read_metrics
 from tests.runs.fake_trainer import FakeTrainer, fake_config
@@ -127,6 +127,36 @@ def test_existing_run_needs_resume_and_same_config(tmp_path):
     longer = cfg.model_copy(deep=True)
     longer.train.steps = 3  # extending a run is allowed
     assert run_training(longer, tmp_path, trainer_factory=FakeTrainer, quiet=True, resume=True).step == 3
+
+
+def test_a_trainer_that_cannot_be_built_or_resumed_gives_a_named_error(tmp_path):
+    cfg = fake_config(steps=2)
+
+    def unbuildable(c):
+        raise FileNotFoundError("/no/such/model/config.json")
+
+    with pytest.raises(ConfigError, match=r"cannot build the trainer: /no/such/model/config\.json"):
+        run_training(cfg, tmp_path / "a", trainer_factory=unbuildable, quiet=True)
+    run_training(cfg, tmp_path / "b", trainer_factory=FakeTrainer, quiet=True)
+
+    class Refusing(FakeTrainer):
+        def load_state_dict(self, state):
+            raise ValueError("written by 2 process(es)")
+
+    longer = fake_config(steps=3)
+    with pytest.raises(CheckpointError, match=r"cannot resume .*written by 2 process\(es\)"):
+        run_training(longer, tmp_path / "b", trainer_factory=Refusing, quiet=True, resume=True)
+
+
+def test_only_rank_zero_writes_the_run_directory(tmp_path, monkeypatch):
+    cfg = fake_config(steps=4, eval_every=2)
+    monkeypatch.setenv("RANK", "1")
+    result = run_training(cfg, tmp_path / "rank1", trainer_factory=FakeTrainer, quiet=True)
+    assert result.step == 4 and result.summary["status"] == "completed"
+    assert not (tmp_path / "rank1").exists()
+    monkeypatch.setenv("RANK", "0")
+    run_training(cfg, tmp_path / "rank0", trainer_factory=FakeTrainer, quiet=True)
+    assert len(read_metrics(tmp_path / "rank0" / "metrics.jsonl")) > 0
 
 
 def test_nan_losses_stop_the_run_and_are_never_checkpointed(tmp_path):
