@@ -148,7 +148,8 @@ def run(quick: bool) -> dict:
     return {
         "figures": figures,
         "reference": (
-            "LLaDA-style per-row top-k loop with full-sequence float64 Gumbel noise and softmax, same tiny model "
+            "LLaDA-style per-row top-k loop on full-sequence logits with float64 Gumbel noise and softmax over the "
+            "whole sequence; dipod asks for the block's logits only; same tiny model "
             f"(2 layers, d=128), B={batch}, prompt {prompt_length}, gen {gen_length}, block {block_length}, "
             f"{steps} steps (equal NFE); least CPU time of {repeats} interleaved runs"
         ),
