@@ -56,12 +56,17 @@ def _update(trainer: LanguageTrainer, batch: RolloutBatch) -> tuple[dict, dict]:
     return grads, params
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
+def _join(rank: int, world: int, port: int) -> None:
+    """The environment torchrun gives each process (accelerate reads it); one thread per process."""
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
         LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
     )  # fmt: skip
     torch.set_num_threads(1)
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    _join(rank, world, port)
     trainer = LanguageTrainer(validate_config(CFG))
     assert trainer.world == world and trainer.rank == rank
     batch = _global_batch(trainer)
@@ -96,11 +101,7 @@ def test_two_process_update_equals_single_process(tmp_path):
 
 def _run_worker(rank: int, world: int, port: int, root: str) -> None:
     """Two runs on every process: 3 steps straight, and 1 step then a resume to 3."""
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
-    )  # fmt: skip
-    torch.set_num_threads(1)
+    _join(rank, world, port)
     cfg = validate_config(merge(CFG, {"train": {"steps": 3, "checkpoint_every": 1, "eval_every": 0}}))
     short = cfg.model_copy(deep=True)
     short.train.steps = 1
