@@ -7,9 +7,9 @@ One ``train_step`` reads top to bottom:
    (divided by the group std with ``language.normalize_advantages``);
 2. draw and store the noise the objective needs (``Objective.draws``): ELBO masks, SPG's
    block_random masks, or diffu-GRPO's one-step masks; the same draws score the old, new and
-   reference policies (common random numbers, so rho == 1 exactly at the first inner update). The
-   draws are kept for all mu inner updates, also for SPG, whose release draws a new mask per inner
-   iteration (SPG has no ratio, so only the noise of its estimate differs);
+   reference policies (common random numbers, so rho == 1 exactly at the first inner update) and
+   are kept for all mu inner updates. SPG has no ratio (``Objective.uses_old`` is False): as in its
+   release it draws fresh masks for every inner update and needs no old scores;
 3. old (and reference) token log-probabilities once, without gradient;
 4. mu inner updates: one forward pass per micro-batch gives the new ``MaskedScores``; the loss is the
    registered objective + ``dipod_term(out.elbo, beta)`` + the reference term, gradients are
@@ -219,15 +219,17 @@ class LanguageTrainer:
 
     @torch.no_grad()
     def _score_old(self, batch: RolloutBatch) -> None:
-        """Old (and reference) scores once, in the micro-batches the updates will use."""
+        """Old (and reference) scores once, in the micro-batches the updates will use; none for an
+        objective without a ratio (SPG) and no reference term."""
         old, ref = [], []
         for rows in self._micro_batches(batch.adv.shape[0]):
             mb = batch.rows(rows)
-            old.append(self.token_logprobs(self.train_model, mb, mb.draws))
+            if self.objective.uses_old:
+                old.append(self.token_logprobs(self.train_model, mb, mb.draws))
             if self.cfg.objective.kl_beta > 0:
                 with reference_mode(self.model, frozen=self.reference) as ref_model:
                     ref.append(self.token_logprobs(ref_model, mb, mb.draws))
-        batch.old_logp = torch.cat(old)
+        batch.old_logp = torch.cat(old) if old else None
         batch.ref_logp = torch.cat(ref) if ref else None
 
     # ------------------------------------------------------------------ update
@@ -237,7 +239,7 @@ class LanguageTrainer:
         diffu-GRPO with DiPOD)."""
         ocfg = self.cfg.objective
         new = MaskedScores(self.token_logprobs(self.train_model, mb, mb.draws), mb.draws, mb.valid)
-        old = MaskedScores(mb.old_logp, mb.draws, mb.valid)
+        old = MaskedScores(mb.old_logp, mb.draws, mb.valid) if mb.old_logp is not None else None
         out = self.objective.fn(new, old, mb.adv, ocfg)
         elbo = out.elbo
         if elbo is None and mb.elbo_draws is not None:  # diffu-GRPO + DiPOD: the documented extra forward pass
@@ -260,7 +262,9 @@ class LanguageTrainer:
         size = batch.adv.shape[0]
         totals: dict[str, float] = defaultdict(float)
         skipped = 0
-        for _ in range(self.cfg.language.num_iterations):
+        for iteration in range(self.cfg.language.num_iterations):
+            if iteration > 0 and not self.objective.uses_old:  # SPG: fresh masks for every inner update
+                batch.draws = self._draw(batch.valid, batch.prompt_attn)
             finite = True
             chunks = list(self._micro_batches(size))
             for i, rows in enumerate(chunks):

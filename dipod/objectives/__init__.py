@@ -48,7 +48,7 @@ def _fpo_language(new: MaskedScores, old: MaskedScores, adv: torch.Tensor, cfg: 
     )
 
 
-def _spg_language(new: MaskedScores, old: MaskedScores, adv: torch.Tensor, cfg: Any) -> LossOut:
+def _spg_language(new: MaskedScores, old: MaskedScores | None, adv: torch.Tensor, cfg: Any) -> LossOut:
     elbo = new.elbo("mean")
     eubo = eubo_from_logprobs(new.token_logp, new.draws, new.valid, beta=cfg.eubo_beta, scale="mean")
     return spg_loss(elbo, eubo, adv, new.valid.sum(-1), mix_weight=cfg.mix_weight)
@@ -85,15 +85,19 @@ class Objective:
     name: str
     domain: Domain
     fn: Callable[..., LossOut]
-    """(new, old, adv, cfg) -> LossOut; ``new``/``old`` are MaskedScores (language) or (B, N) CFM losses."""
+    """(new, old, adv, cfg) -> LossOut; ``new``/``old`` are MaskedScores (language) or (B, N) CFM losses;
+    ``old`` is None when ``uses_old`` is False."""
     draws: Literal["elbo", "one_step", "block_random", "flow"]
     """What noise the rollout must store for it."""
+    uses_old: bool = True
+    """Whether the loss compares with the rollout policy's scores (a ratio) on the same stored noise.
+    SPG does not: it needs no old scores, and its release draws fresh masks for every inner update."""
 
 
 OBJECTIVES: dict[Domain, dict[str, Objective]] = {
     "language": {
         "fpo": Objective("fpo", "language", _fpo_language, "elbo"),
-        "spg": Objective("spg", "language", _spg_language, "block_random"),
+        "spg": Objective("spg", "language", _spg_language, "block_random", uses_old=False),
         "diffu_grpo": Objective("diffu_grpo", "language", _diffu_grpo_language, "one_step"),
     },
     "control": {

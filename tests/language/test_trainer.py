@@ -117,6 +117,26 @@ def test_dipod_term_adds_no_forward_pass():
     assert counts[0] == counts[1]
 
 
+def test_spg_scores_no_old_policy_and_draws_fresh_masks_each_inner_update(monkeypatch):
+    cfg = tiny_config(objective={"name": "spg", "dipod_beta": 0.0}, language={"num_iterations": 3})
+    trainer = LanguageTrainer(cfg)
+    batch, _ = trainer.rollout()
+    assert batch.old_logp is None and batch.ref_logp is None
+    seen = []
+    loss = trainer._loss
+    monkeypatch.setattr(trainer, "_loss", lambda mb: seen.append(mb.draws.mask.clone()) or loss(mb))
+    calls = _count_forwards(trainer)
+    trainer.update(batch)
+    assert len(seen) == calls[0] == 3  # one forward pass per inner update, none for old scores
+    assert not torch.equal(seen[0], seen[1]) and not torch.equal(seen[1], seen[2])
+
+    fpo = LanguageTrainer(tiny_config(objective={"name": "fpo"}, language={"num_iterations": 3}))
+    batch, _ = fpo.rollout()
+    draws = batch.draws.mask.clone()
+    fpo.update(batch)
+    assert batch.old_logp is not None and torch.equal(batch.draws.mask, draws)  # kept: common random numbers
+
+
 def test_lora_with_reference_term_trains_only_adapters():
     cfg = tiny_config(
         objective={"kl_beta": 0.04},
