@@ -26,8 +26,8 @@ train CONFIG`` on CPUs (``accelerate launch --cpu`` starts one process unless MP
 an accelerate config. Only rank 0 writes the run directory; a checkpoint keeps every process's random
 streams and is resumed with the same number of processes. Every process draws the same prompts, keeps
 its shard, and DDP averages gradients, so an update with N processes equals the single-process update
-on the same global batch (for SPG, whose loss is normalised by the summed length per process, up to
-that normalisation).
+on the same global batch (SPG's per-token mean included: micro-batches and processes are weighted by
+their share of the global batch's tokens).
 
 Shape legend: B completions on this process (prompts x G), G group size, P prompt length,
 L completion length, K draws.
@@ -247,7 +247,7 @@ class LanguageTrainer:
             elbo = elbo_from_logprobs(logp, mb.elbo_draws, mb.valid, scale=ocfg.elbo_scale)
             out.stats["elbo_mean"] = elbo.detach().mean()
         if ocfg.dipod_beta > 0:
-            weights = mb.valid.sum(-1) if self.objective.name == "spg" else None
+            weights = mb.valid.sum(-1) if self.objective.mean_over == "tokens" else None
             out = out + dipod_term(elbo, ocfg.dipod_beta, weights=weights)
         if ocfg.kl_beta > 0:
             if ocfg.kl_type == "k3":
@@ -257,9 +257,27 @@ class LanguageTrainer:
                 out = out + elbo_difference_penalty(elbo, ref_elbo, ocfg.kl_beta)
         return out
 
+    def _row_weights(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) what each row weighs in the objective's mean (1, or its length for a per-token mean), and the
+        total weight over all processes."""
+        if self.objective.mean_over == "tokens":
+            weights = batch.valid.sum(-1).to(torch.float64)
+        else:
+            weights = torch.ones(batch.adv.shape[0], dtype=torch.float64, device=self.device)
+        total = weights.sum()
+        if self.world > 1:
+            total = self.accelerator.reduce(total.clone(), reduction="sum")
+        return weights, total.clamp(min=1.0)
+
     def update(self, batch: RolloutBatch) -> dict[str, float]:
-        """mu inner updates on one rollout: gradient accumulation over micro-batches, then a guarded step."""
+        """mu inner updates on one rollout: gradient accumulation over micro-batches, then a guarded step.
+
+        Each micro-batch's loss (a mean over its rows, or its tokens) is scaled by its share of the whole
+        batch's weight, times the number of processes since DDP averages their gradients: the update is
+        that of the whole global batch at once.
+        """
         size = batch.adv.shape[0]
+        weights, global_weight = self._row_weights(batch)  # (B,), ()
         totals: dict[str, float] = defaultdict(float)
         skipped = 0
         for iteration in range(self.cfg.language.num_iterations):
@@ -269,11 +287,13 @@ class LanguageTrainer:
             chunks = list(self._micro_batches(size))
             for i, rows in enumerate(chunks):
                 mb = batch.rows(rows)
-                share = (rows.stop - rows.start) / size  # micro-batch means -> the process's mean
+                mb_weight = weights[rows].sum()
+                share = float(mb_weight / weights.sum().clamp(min=1.0))  # of this process's batch (metrics)
+                scale = float(mb_weight * self.world / global_weight)  # of the global batch, x processes (DDP)
                 sync = i == len(chunks) - 1 or self.world == 1
                 with contextlib.nullcontext() if sync else self.train_model.no_sync():
                     out = self._loss(mb)
-                    loss = out.loss * share
+                    loss = out.loss * scale
                     if loss_is_finite(loss):
                         self.accelerator.backward(loss)
                     else:

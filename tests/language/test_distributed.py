@@ -21,15 +21,21 @@ from tests.language.language_helpers import TINY, merge
 CFG = merge(TINY, {"language": {"prompts_per_step": 4, "group_size": 4, "num_iterations": 2, "micro_batch_size": 4}})
 
 
+SPG = merge(CFG, {"objective": {"name": "spg"}, "language": {"num_iterations": 1}})  # SPG redraws masks per update
+CONFIGS = {"fpo": CFG, "spg": SPG}
+
+
 def _global_batch(trainer: LanguageTrainer) -> RolloutBatch:
-    """A fixed global rollout (random tokens, advantages and draws from fixed seeds), the same on every process."""
+    """A fixed global rollout (random tokens, lengths, advantages and draws from fixed seeds), the same on every
+    process. Lengths differ between rows, so a per-token mean (SPG) weighs the processes' shards differently."""
     lang = trainer.cfg.language
     size = lang.prompts_per_step * lang.group_size
     g = torch.Generator().manual_seed(123)
     vocab = trainer.tokenizer.vocab_size
     prompt_ids = torch.randint(4, vocab, (size, 16), generator=g)
     completion_ids = torch.randint(4, vocab, (size, lang.sampler.gen_length), generator=g)
-    valid = torch.ones_like(completion_ids, dtype=torch.bool)
+    lengths = torch.randint(2, lang.sampler.gen_length + 1, (size, 1), generator=g)
+    valid = torch.arange(lang.sampler.gen_length)[None, :] < lengths  # (B, L)
     prompt_attn = torch.ones_like(prompt_ids, dtype=torch.bool)
     trainer.generator.manual_seed(7)
     draws = trainer._draw(valid, prompt_attn)
@@ -65,9 +71,9 @@ def _join(rank: int, world: int, port: int) -> None:
     torch.set_num_threads(1)
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
+def _worker(rank: int, world: int, port: int, out: str, objective: str) -> None:
     _join(rank, world, port)
-    trainer = LanguageTrainer(validate_config(CFG))
+    trainer = LanguageTrainer(validate_config(CONFIGS[objective]))
     assert trainer.world == world and trainer.rank == rank
     batch = _global_batch(trainer)
     per_rank = batch.adv.shape[0] // world
@@ -83,11 +89,12 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_process_update_equals_single_process(tmp_path):
+@pytest.mark.parametrize("objective", ["fpo", "spg"])
+def test_two_process_update_equals_single_process(tmp_path, objective):
     out = str(tmp_path / "rank0.pt")
-    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, _free_port(), out, objective), nprocs=2, join=True)
     distributed = torch.load(out)
-    single = LanguageTrainer(validate_config(CFG))
+    single = LanguageTrainer(validate_config(CONFIGS[objective]))
     assert single.world == 1
     initial = {n: p.detach().clone() for n, p in single.model.named_parameters()}
     grads, params = _update(single, _global_batch(single))
