@@ -294,10 +294,12 @@ class LanguageTrainer:
                 with contextlib.nullcontext() if sync else self.train_model.no_sync():
                     out = self._loss(mb)
                     loss = out.loss * scale
-                    if loss_is_finite(loss):
+                    finite &= loss_is_finite(loss)
+                    if finite or self.world > 1:
+                        # With several processes every one must join DDP's gradient all-reduce: a non-finite
+                        # loss is back-propagated too, its gradient makes the averaged one non-finite on every
+                        # process, and all of them skip the step together (clip_and_step).
                         self.accelerator.backward(loss)
-                    else:
-                        finite = False
                 totals["loss"] += float(out.loss.detach()) * share
                 for key, value in out.stats.items():
                     totals[key] += float(value) * share

@@ -4,6 +4,7 @@ bit for bit."""
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 
@@ -129,3 +130,37 @@ def test_two_process_run_writes_once_and_resumes_bit_for_bit(tmp_path):
         }
     checkpoint = load_checkpoint(list_checkpoints(tmp_path / "resumed" / "checkpoints")[-1])
     assert len(checkpoint["trainer"]["rank_generators"]) == 2
+
+
+def _nan_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Rank 0's shard has a NaN advantage: every process must skip the update together, none may hang."""
+    _join(rank, world, port)
+    trainer = LanguageTrainer(validate_config(CFG))
+    batch = _global_batch(trainer)
+    per_rank = batch.adv.shape[0] // world
+    shard = batch.rows(slice(rank * per_rank, (rank + 1) * per_rank))
+    if rank == 0:
+        shard.adv[0] = math.nan
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer._score_old(shard)
+    metrics = trainer.update(shard)
+    unchanged = all(torch.equal(p, before[n]) for n, p in trainer.model.named_parameters())
+    torch.save({"skipped": metrics["skipped_updates"], "unchanged": unchanged}, f"{out}.{rank}")
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_on_one_process_skips_the_step_on_all(tmp_path):
+    out = str(tmp_path / "result")
+    context = mp.spawn(_nan_worker, args=(2, _free_port(), out), nprocs=2, join=False)
+    done = False
+    for _ in range(120):  # a hang (one process waiting in the all-reduce) fails the test instead of blocking it
+        if context.join(timeout=1):
+            done = True
+            break
+    if not done:
+        for process in context.processes:
+            process.terminate()
+    assert done, "the processes did not finish: one of them is stuck in DDP's all-reduce"
+    for rank in range(2):
+        result = torch.load(f"{out}.{rank}")
+        assert result["unchanged"] and result["skipped"] == CFG["language"]["num_iterations"], (rank, result)
