@@ -288,7 +288,7 @@ def language_trainer_drift_probe(trainer: Any, generator: torch.Generator, np_rn
     examples = trainer.source.draw(math.ceil(cfg.drift.probe_size / group), np_rng)
     rows = [ex for ex in examples for _ in range(group)]  # G contiguous copies per prompt
     prompt_ids, prompt_attn = encode_prompts(
-        trainer.tokenizer, [trainer.task.prompt(ex, fmt) for ex in rows], trainer.device
+        trainer.tokenizer, [trainer.task.prompt(ex, fmt) for ex in rows], trainer.device, chat=lang.data.chat_template
     )
     out = decode_and_score(
         trainer.model, trainer.tokenizer, trainer.task, rows, prompt_ids, prompt_attn, lang.sampler, fmt, generator
@@ -301,7 +301,7 @@ def language_trainer_drift_probe(trainer: Any, generator: torch.Generator, np_rn
         prompt_ids,
         out.completion_ids,
         out.valid,
-        group_advantages(rewards, group),
+        group_advantages(rewards, group, normalize_std=lang.normalize_advantages),  # as the trainer's
         cfg.objective,
         mask_id=trainer.tokenizer.mask_token_id,
         num_draws=lang.elbo_draws,

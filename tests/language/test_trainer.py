@@ -277,6 +277,24 @@ def test_drift_probe_reports_and_leaves_training_unchanged(tiny_cfg):
     assert same(plain.train_step(), probed.train_step())
 
 
+@pytest.mark.parametrize("normalize", [False, True])
+def test_drift_probe_prompts_and_advantages_are_the_trainers(monkeypatch, normalize):
+    import dipod.advantages
+    import dipod.language.rollout
+
+    seen = {}
+    encode, advantages = dipod.language.rollout.encode_prompts, dipod.advantages.group_advantages
+    monkeypatch.setattr(
+        dipod.language.rollout, "encode_prompts", lambda *a, **k: seen.update(chat=k.get("chat")) or encode(*a, **k)
+    )
+    monkeypatch.setattr(
+        dipod.advantages, "group_advantages", lambda *a, **k: seen.update(std=k.get("normalize_std")) or advantages(*a, **k)
+    )
+    trainer = LanguageTrainer(tiny_config(language={"normalize_advantages": normalize}, drift={"probe_size": 4}))
+    trainer.drift_probe()
+    assert seen == {"chat": trainer.cfg.language.data.chat_template, "std": normalize}
+
+
 def test_chat_template_wraps_prompts_and_is_required(tiny_cfg):
     from dipod.language.rollout import encode_prompts
 
