@@ -284,12 +284,17 @@ def test_drift_probe_prompts_and_advantages_are_the_trainers(monkeypatch, normal
 
     seen = {}
     encode, advantages = dipod.language.rollout.encode_prompts, dipod.advantages.group_advantages
-    monkeypatch.setattr(
-        dipod.language.rollout, "encode_prompts", lambda *a, **k: seen.update(chat=k.get("chat")) or encode(*a, **k)
-    )
-    monkeypatch.setattr(
-        dipod.advantages, "group_advantages", lambda *a, **k: seen.update(std=k.get("normalize_std")) or advantages(*a, **k)
-    )
+
+    def spy_encode(*args, **kwargs):
+        seen["chat"] = kwargs.get("chat")
+        return encode(*args, **kwargs)
+
+    def spy_advantages(*args, **kwargs):
+        seen["std"] = kwargs.get("normalize_std")
+        return advantages(*args, **kwargs)
+
+    monkeypatch.setattr(dipod.language.rollout, "encode_prompts", spy_encode)
+    monkeypatch.setattr(dipod.advantages, "group_advantages", spy_advantages)
     trainer = LanguageTrainer(tiny_config(language={"normalize_advantages": normalize}, drift={"probe_size": 4}))
     trainer.drift_probe()
     assert seen == {"chat": trainer.cfg.language.data.chat_template, "std": normalize}
