@@ -244,9 +244,10 @@ class LanguageTrainer:
         elbo = out.elbo
         if elbo is None and mb.elbo_draws is not None:  # diffu-GRPO + DiPOD: the documented extra forward pass
             logp = self.token_logprobs(self.train_model, mb, mb.elbo_draws)
-            elbo = elbo_from_logprobs(logp, mb.elbo_draws, mb.valid, scale=ocfg.elbo_scale)
+            scale = "mean" if self.objective.mean_over == "tokens" else ocfg.elbo_scale  # weighted by length below
+            elbo = elbo_from_logprobs(logp, mb.elbo_draws, mb.valid, scale=scale)
             out.stats["elbo_mean"] = elbo.detach().mean()
-        if ocfg.dipod_beta > 0:
+        if ocfg.dipod_beta > 0:  # a per-token ELBO weighted by length for per-token objectives: a token mean
             weights = mb.valid.sum(-1) if self.objective.mean_over == "tokens" else None
             out = out + dipod_term(elbo, ocfg.dipod_beta, weights=weights)
         if ocfg.kl_beta > 0:

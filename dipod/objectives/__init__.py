@@ -93,15 +93,16 @@ class Objective:
     """Whether the loss compares with the rollout policy's scores (a ratio) on the same stored noise.
     SPG does not: it needs no old scores, and its release draws fresh masks for every inner update."""
     mean_over: Literal["rows", "tokens"] = "rows"
-    """What the loss averages over: completions, or completion tokens (SPG's length-weighted mean). It
-    sets how micro-batches and processes combine into the loss of the whole batch."""
+    """What the loss averages over: completions, or completion tokens (SPG's length-weighted mean,
+    diffu-GRPO's token mean). It sets how micro-batches and processes combine into the loss of the whole
+    batch, and how the DiPOD term averages (per token for "tokens")."""
 
 
 OBJECTIVES: dict[Domain, dict[str, Objective]] = {
     "language": {
         "fpo": Objective("fpo", "language", _fpo_language, "elbo"),
         "spg": Objective("spg", "language", _spg_language, "block_random", uses_old=False, mean_over="tokens"),
-        "diffu_grpo": Objective("diffu_grpo", "language", _diffu_grpo_language, "one_step"),
+        "diffu_grpo": Objective("diffu_grpo", "language", _diffu_grpo_language, "one_step", mean_over="tokens"),
     },
     "control": {
         "fpo": Objective("fpo", "control", _fpo_control, "flow"),

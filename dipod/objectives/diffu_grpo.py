@@ -16,7 +16,8 @@ def diffu_grpo_loss(
     clip_low: float = 0.2,
     clip_high: float = 0.2,
 ) -> LossOut:
-    """Per-token clipped surrogate, averaged over each completion's valid tokens, then over the batch.
+    """Per-token clipped surrogate, averaged over all valid tokens of the batch, as d1 does
+    (``(per_token_loss * completion_mask).sum() / completion_mask.sum()``): longer completions weigh more.
 
     The log-probabilities are one-step estimates: every completion token predicted at once from a
     fully masked completion with a randomly masked prompt (the same masks for old and new).
@@ -29,11 +30,10 @@ def diffu_grpo_loss(
     a = adv[:, None]
     per_token = -torch.minimum(ratio * a, ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * a)  # (B, L)
     weights = valid.float()
-    per_seq = (per_token * weights).sum(-1) / weights.sum(-1).clamp(min=1)  # (B,)
-    pg_loss = per_seq.mean()
+    n_tokens = weights.sum().clamp(min=1)
+    pg_loss = (per_token * weights).sum() / n_tokens
     with torch.no_grad():
         clipped = ((a > 0) & (ratio > 1.0 + clip_high)) | ((a < 0) & (ratio < 1.0 - clip_low))
-        n_tokens = weights.sum().clamp(min=1)
         stats = {
             "pg_loss": pg_loss.detach(),
             "ratio_mean": (ratio * weights).sum() / n_tokens,

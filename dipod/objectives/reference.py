@@ -18,7 +18,8 @@ def elbo_difference_penalty(elbo_new: torch.Tensor, elbo_ref: torch.Tensor, beta
 
 
 def k3_kl(token_logp_new: torch.Tensor, token_logp_ref: torch.Tensor, valid: torch.Tensor, beta: float) -> LossOut:
-    """beta * k3 KL estimate exp(r) - r - 1, r = log p_ref - log p_new, per valid token (Schulman's k3).
+    """beta * k3 KL estimate exp(r) - r - 1, r = log p_ref - log p_new (Schulman's k3), averaged over all
+    valid tokens of the batch like diffu-GRPO's surrogate, to which d1 adds it per token.
 
     Args:
         token_logp_new, token_logp_ref: (B, L). valid: (B, L) bool.
@@ -26,5 +27,5 @@ def k3_kl(token_logp_new: torch.Tensor, token_logp_ref: torch.Tensor, valid: tor
     r = token_logp_ref.detach() - token_logp_new
     per_token = r.exp() - r - 1.0  # (B, L), >= 0
     weights = valid.float()
-    kl = ((per_token * weights).sum(-1) / weights.sum(-1).clamp(min=1)).mean()
+    kl = (per_token * weights).sum() / weights.sum().clamp(min=1)
     return LossOut(loss=beta * kl, stats={"kl_ref": kl.detach()})

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dipod.bounds.masked import draw_masks
 from dipod.config import ConfigError, load_config
 from dipod.language.trainer import LanguageTrainer
 from tests.language.language_helpers import tiny_config
@@ -42,18 +43,25 @@ def test_rho_is_one_at_the_first_inner_update(micro):
         assert torch.equal(new, mb.old_logp)
 
 
-@pytest.mark.parametrize("objective", ["fpo", "spg"])
+@pytest.mark.parametrize(
+    "objective",
+    [{"name": "fpo"}, {"name": "spg"}, {"name": "diffu_grpo", "kl_beta": 0.04, "kl_type": "k3"}],
+    ids=["fpo", "spg", "diffu_grpo"],
+)
 def test_micro_batches_give_the_whole_batch_gradient(objective):
-    """Accumulating micro-batches equals one pass over the batch, also for SPG's per-token mean with unequal lengths."""
+    """Accumulating micro-batches equals one pass over the batch, also for the per-token means of SPG and
+    diffu-GRPO (with DiPOD and, for diffu-GRPO, the k3 term) over completions of unequal lengths."""
     grads = []
     for micro in (None, 3):
         trainer = LanguageTrainer(
-            tiny_config(objective={"name": objective}, language={"micro_batch_size": micro, "num_iterations": 1})
+            tiny_config(objective=objective, language={"micro_batch_size": micro, "num_iterations": 1})
         )
         batch, _ = trainer.rollout()
         lengths = torch.tensor([3, 16, 9, 12, 5, 16, 7, 11])
         batch.valid = torch.arange(batch.valid.shape[1])[None, :] < lengths[:, None]  # unequal lengths
         batch.draws = trainer._draw(batch.valid, batch.prompt_attn)
+        if batch.elbo_draws is not None:
+            batch.elbo_draws = draw_masks(batch.valid, 2, generator=trainer.generator)
         trainer._score_old(batch)
         trainer.optimizer.step = lambda *a, **k: None  # keep the gradients, change nothing
         trainer.optimizer.zero_grad = lambda *a, **k: None

@@ -98,8 +98,9 @@ def test_diffu_grpo_token_level_ratio():
     valid = torch.tensor([[True, True, False], [True, True, True]])
     adv = torch.tensor([1.0, -1.0])
     out = diffu_grpo_loss(new, old, adv, valid, clip_low=0.2, clip_high=0.2)
-    # row 0: -(min(1.5, 1.2) + 1.0) / 2 ; row 1: -(min(-0.5, -0.8) - 1 - 1) / 3 ; the 9.0 is padding
-    expected = (-(1.2 + 1.0) / 2 + (0.8 + 1 + 1) / 3) / 2
+    # d1's token mean over the 5 valid tokens: row 0 gives -(min(1.5, 1.2) + 1.0), row 1 -(min(-0.5, -0.8) - 1 - 1);
+    # the 9.0 is padding
+    expected = (-(1.2 + 1.0) + (0.8 + 1 + 1)) / 5
     assert out.loss.item() == pytest.approx(expected)
     assert out.stats["clip_frac"].item() == pytest.approx(2 / 5)
 
@@ -115,6 +116,9 @@ def test_reference_terms():
     kl = k3_kl(new, ref_t, torch.ones(1, 2, dtype=torch.bool), 1.0)
     # r = log(0.5) - ... : exp(r) - r - 1 with r = log(0.25/0.5) = -log 2 -> 0.5 + log 2 - 1 ; second token 0
     assert kl.loss.item() == pytest.approx((0.5 + math.log(2) - 1) / 2)
+    valid = torch.tensor([[True, True], [True, False]])  # d1's token mean: 3 tokens, not a mean of row means
+    kl = k3_kl(torch.cat([new, new]), torch.cat([ref_t, ref_t]), valid, 1.0)
+    assert kl.loss.item() == pytest.approx(2 * (0.5 + math.log(2) - 1) / 3)
 
 
 def test_dipod_term_value_and_gradient():
