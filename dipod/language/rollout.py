@@ -111,6 +111,31 @@ class Decoded:
     nfe: int
 
 
+def common_padding(prompt_attn: torch.Tensor) -> int:
+    """How many leading prompt columns are padding in every row (left padding shared by the whole batch).
+
+    Dropping them changes nothing for a model that honours the attention mask and removes padding that a
+    model which ignores it (stock LLaDA) would attend to; a batch of one prompt's group has none left.
+
+    Args:
+        prompt_attn: (B, P) bool, False on left padding.
+    """
+    real = prompt_attn.any(0)  # (P,)
+    return int(real.long().argmax()) if bool(real.any()) else 0
+
+
+def concat_decoded(parts: list[Decoded]) -> Decoded:
+    """The rows of several ``Decoded`` in order; NFE adds up (the parts were decoded one after another)."""
+    return Decoded(
+        completion_ids=torch.cat([p.completion_ids for p in parts]),
+        valid=torch.cat([p.valid for p in parts]),
+        texts=[text for p in parts for text in p.texts],
+        rewards=np.concatenate([p.rewards for p in parts]),
+        accuracy=np.concatenate([p.accuracy for p in parts]),
+        nfe=sum(p.nfe for p in parts),
+    )
+
+
 def decode_and_score(
     model: Any,
     tokenizer: Any,
@@ -123,6 +148,8 @@ def decode_and_score(
     generator: torch.Generator | None,
 ) -> Decoded:
     """Sample a completion for every prompt row (rows of ``examples`` in order) and score it."""
+    pad = common_padding(prompt_attn)
+    prompt_ids, prompt_attn = prompt_ids[:, pad:], prompt_attn[:, pad:]
     with torch.inference_mode():
         out = sample(model, prompt_ids, sampler, attention_mask=prompt_attn, generator=generator)
     completion_ids = out.completion.clone()  # a normal tensor: inference tensors cannot enter autograd later

@@ -57,7 +57,15 @@ from dipod.bounds.masked import (
 from dipod.config import RunConfig, dump_config
 from dipod.language.lora import frozen_copy, has_adapters, reference_mode
 from dipod.language.models import build_model, build_tokenizer
-from dipod.language.rollout import ExampleSource, decode_and_score, encode_prompts, evaluate_policy, resolve_path
+from dipod.language.rollout import (
+    ExampleSource,
+    common_padding,
+    concat_decoded,
+    decode_and_score,
+    encode_prompts,
+    evaluate_policy,
+    resolve_path,
+)
 from dipod.language.tasks import get_task
 from dipod.objectives import MaskedScores, dipod_term, elbo_difference_penalty, get_objective, k3_kl
 from dipod.optim import clip_and_step, loss_is_finite
@@ -90,11 +98,19 @@ class RolloutBatch:
     """Separate ELBO draws when the objective computes no ELBO but DiPOD needs one (diffu-GRPO)."""
 
     def rows(self, idx: slice) -> RolloutBatch:
-        """The sub-batch of rows ``idx`` (a micro-batch)."""
+        """The sub-batch of rows ``idx`` (a micro-batch), without the prompt padding all of its rows share
+        (``common_padding``): a micro-batch of one prompt's group carries no padding at all."""
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
             out[f.name] = None if value is None else value[idx]
+        pad = common_padding(out["prompt_attn"])
+        if pad:
+            out["prompt_ids"], out["prompt_attn"] = out["prompt_ids"][:, pad:], out["prompt_attn"][:, pad:]
+            for key in ("draws", "elbo_draws"):
+                draws = out[key]
+                if draws is not None and draws.prompt_mask is not None:  # (b, K, P) -> (b, K, P - pad)
+                    out[key] = MaskDraws(draws.mask, draws.weight, draws.t, draws.prompt_mask[..., pad:])
         return RolloutBatch(**out)
 
     @property
@@ -157,10 +173,14 @@ class LanguageTrainer:
         rows = [ex for ex in examples for _ in range(group)]  # G contiguous copies per prompt
         texts = [self.task.prompt(ex, fmt) for ex in rows]
         prompt_ids, prompt_attn = encode_prompts(self.tokenizer, texts, self.device, chat=lang.data.chat_template)
-        with self._autocast():
-            out = decode_and_score(
-                self.model, self.tokenizer, self.task, rows, prompt_ids, prompt_attn, lang.sampler, fmt, self.generator
-            )
+        with self._autocast():  # decoded in the micro-batches the updates use: bounded memory, less padding
+            out = concat_decoded([
+                decode_and_score(
+                    self.model, self.tokenizer, self.task, rows[mb], prompt_ids[mb], prompt_attn[mb], lang.sampler,
+                    fmt, self.generator,
+                )
+                for mb in self._micro_batches(len(rows))
+            ])  # fmt: skip
         rewards = torch.as_tensor(out.rewards, dtype=torch.float32, device=self.device)  # (B,)
         batch = RolloutBatch(
             prompt_ids=prompt_ids,

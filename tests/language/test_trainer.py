@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import torch
 
 from dipod.bounds.masked import draw_masks
 from dipod.config import ConfigError, load_config
-from dipod.language.trainer import LanguageTrainer
+from dipod.language.rollout import common_padding, encode_prompts
+from dipod.language.trainer import LanguageTrainer, RolloutBatch
 from tests.language.language_helpers import tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,17 +53,19 @@ def test_rho_is_one_at_the_first_inner_update(micro):
 def test_micro_batches_give_the_whole_batch_gradient(objective):
     """Accumulating micro-batches equals one pass over the batch, also for the per-token means of SPG and
     diffu-GRPO (with DiPOD and, for diffu-GRPO, the k3 term) over completions of unequal lengths."""
+    source = LanguageTrainer(tiny_config(objective=objective, language={"num_iterations": 1}))
+    rollout, _ = source.rollout()
+    lengths = torch.tensor([3, 16, 9, 12, 5, 16, 7, 11])
+    rollout.valid = torch.arange(rollout.valid.shape[1])[None, :] < lengths[:, None]  # unequal lengths
+    rollout.draws = source._draw(rollout.valid, rollout.prompt_attn)
+    if rollout.elbo_draws is not None:
+        rollout.elbo_draws = draw_masks(rollout.valid, 2, generator=source.generator)
     grads = []
     for micro in (None, 3):
         trainer = LanguageTrainer(
             tiny_config(objective=objective, language={"micro_batch_size": micro, "num_iterations": 1})
         )
-        batch, _ = trainer.rollout()
-        lengths = torch.tensor([3, 16, 9, 12, 5, 16, 7, 11])
-        batch.valid = torch.arange(batch.valid.shape[1])[None, :] < lengths[:, None]  # unequal lengths
-        batch.draws = trainer._draw(batch.valid, batch.prompt_attn)
-        if batch.elbo_draws is not None:
-            batch.elbo_draws = draw_masks(batch.valid, 2, generator=trainer.generator)
+        batch = copy.deepcopy(rollout)
         trainer._score_old(batch)
         trainer.optimizer.step = lambda *a, **k: None  # keep the gradients, change nothing
         trainer.optimizer.zero_grad = lambda *a, **k: None
@@ -343,3 +347,21 @@ def test_non_finite_loss_skips_every_update_and_keeps_weights(tiny_cfg):
     assert metrics["skipped_updates"] == metrics["updates"] == tiny_cfg.language.num_iterations
     for n, p in trainer.model.named_parameters():
         assert torch.equal(before[n], p), n
+
+
+def test_micro_batches_drop_the_prompt_padding_their_rows_share():
+    trainer = LanguageTrainer(tiny_config(objective={"name": "diffu_grpo"}, language={"prompt_mask_prob": 0.5}))
+    texts = ["1234", "1234", "12", "12"]  # two prompts of different lengths, two rows each
+    prompt_ids, prompt_attn = encode_prompts(trainer.tokenizer, texts, "cpu")
+    completion_ids = torch.randint(4, trainer.tokenizer.vocab_size, (4, 16), generator=torch.Generator().manual_seed(0))
+    valid = torch.ones_like(completion_ids, dtype=torch.bool)
+    batch = RolloutBatch(
+        prompt_ids, prompt_attn, completion_ids, valid, torch.zeros(4), trainer._draw(valid, prompt_attn)
+    )
+    assert common_padding(prompt_attn) == 0 and common_padding(prompt_attn[2:]) == 2
+    short = batch.rows(slice(2, 4))
+    assert short.prompt_attn.all() and short.prompt_ids.shape == (2, 2)
+    assert torch.equal(short.draws.prompt_mask, batch.draws.prompt_mask[2:, :, 2:])
+    assert torch.equal(batch.rows(slice(0, 2)).prompt_ids, prompt_ids[:2])
+    full = trainer.token_logprobs(trainer.model, batch, batch.draws)[2:]  # (2, K, L), scored with padding
+    torch.testing.assert_close(trainer.token_logprobs(trainer.model, short, short.draws), full, rtol=1e-5, atol=1e-5)
