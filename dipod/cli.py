@@ -7,6 +7,7 @@ one message and exit with status 2 before any work starts.
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Annotated
@@ -138,6 +139,7 @@ def eval_(
     from dipod import trainers
     from dipod.config import ConfigError, apply_overrides, validate_config
     from dipod.runs.checkpoint import CheckpointError
+    from dipod.runs.loop import _build_trainer
     from dipod.runs.rng import set_global_rng_state
 
     try:
@@ -148,9 +150,22 @@ def eval_(
         cfg = validate_config(apply_overrides(payload["config"], set_ or []), source=f"checkpoint {path}")
     except ConfigError as exc:
         raise _fail(str(exc), EXIT_CONFIG) from None
-    trainer = trainers.build_trainer(cfg)
-    trainer.load_state_dict(payload["trainer"])
-    set_global_rng_state(payload["rng"])
+    try:  # the device check and the factory's failures as in `train`
+        trainer = _build_trainer(cfg, trainers.build_trainer, None, path.parent)
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_CONFIG) from None
+    try:
+        # Evaluation builds envs of its own: where the trainer can skip its training envs' snapshots
+        # (ControlTrainer), it does, so e.g. --set control.num_envs=... does not matter here.
+        if "restore_envs" in inspect.signature(trainer.load_state_dict).parameters:
+            trainer.load_state_dict(payload["trainer"], restore_envs=False)
+        else:
+            trainer.load_state_dict(payload["trainer"])
+        set_global_rng_state(payload["rng"])
+    except (ValueError, KeyError, RuntimeError) as exc:
+        if hasattr(trainer, "close"):
+            trainer.close()
+        raise _fail(f"cannot load {path} into a trainer built from its config (with --set applied): {exc}", 1) from None
     metrics = {"step": trainer.step, "samples": trainer.samples, **trainer.evaluate()}
     if hasattr(trainer, "close"):
         trainer.close()

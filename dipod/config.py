@@ -81,7 +81,7 @@ class TrainConfig(Strict):
     device: str = "cpu"
     """torch device: cpu, cuda, cuda:1, ..."""
     bf16: bool = False
-    """bf16 autocast on CUDA."""
+    """bf16 autocast on CUDA (language models; control runs reject it)."""
 
 
 class DriftConfig(Strict):
@@ -99,7 +99,7 @@ class RunConfig(Strict):
     """A whole run: the domain section, the objective and the training schedule."""
 
     domain: Literal["language", "control"]
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     name: str = "run"
     objective: ObjectiveConfig = ObjectiveConfig()
     optim: OptimConfig = OptimConfig()
@@ -118,7 +118,45 @@ class RunConfig(Strict):
             raise ValueError(
                 f"objective.name = {self.objective.name!r} is not a {self.domain} objective; choose one of: {choices}"
             )
+        if self.domain == "control":
+            problems = _control_problems(self)
+            if problems:
+                raise ValueError("\n  ".join(problems))
         return self
+
+
+def _control_problems(cfg: RunConfig) -> list[str]:
+    """Settings a control run would crash on or silently ignore, one message each."""
+    cc, obj, problems = cfg.control, cfg.objective, []
+    assert cc is not None
+    if cc.policy == "gaussian":
+        why = "the Gaussian baseline's log-likelihood is exact, so it has no ELBO"
+        if cfg.drift.every > 0:
+            problems.append(
+                f"drift.every = {cfg.drift.every} needs a flow policy, but control.policy = 'gaussian' ({why} "
+                "to drift from its likelihood); set drift.every=0"
+            )
+        if obj.dipod_beta > 0:
+            problems.append(
+                f"objective.dipod_beta = {obj.dipod_beta} has no effect with control.policy = 'gaussian' ({why} "
+                "term); set objective.dipod_beta=0"
+            )
+        if cc.self_distill_iterations > 0:
+            problems.append(
+                f"control.self_distill_iterations = {cc.self_distill_iterations} has no effect with "
+                "control.policy = 'gaussian' (self-distillation fits flow policies); set it to 0"
+            )
+    elif obj.name == "fpo_pp" and obj.clip_low != obj.clip_high:
+        problems.append(
+            f"objective.name = 'fpo_pp' has one clip parameter c = objective.clip_high = {obj.clip_high} and would "
+            f"ignore objective.clip_low = {obj.clip_low}; set both to the same value"
+        )
+    if cfg.train.bf16:
+        problems.append(
+            "train.bf16 = True has no effect on control runs: bf16 autocast applies to language models on CUDA; "
+            "set train.bf16=false"
+        )
+    return problems
 
 
 # --------------------------------------------------------------------------- loading

@@ -83,3 +83,63 @@ def test_overrides_create_sections_and_parse_yaml_values():
     data = apply_overrides({"domain": "language"}, ["language.group_size=8", "optim.betas=[0.9, 0.95]", "name=x"])
     cfg = RunConfig.model_validate(data)
     assert cfg.language.group_size == 8 and cfg.optim.betas == (0.9, 0.95) and cfg.name == "x"
+
+
+def _control(control=None, **top):
+    data = {"domain": "control", "objective": {"name": "fpo_pp"}, "control": control or {}}
+    for key, value in top.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    return validate_config(data)
+
+
+def test_seed_and_hidden_widths_must_be_valid():
+    with pytest.raises(ConfigError, match=r"`seed` = -1: Input should be greater than or equal to 0"):
+        _control(seed=-1)
+    with pytest.raises(ConfigError, match=r"`control.actor_hidden.1` = 0: Input should be greater than 0"):
+        _control({"actor_hidden": [64, 0]})
+    with pytest.raises(ConfigError, match=r"`control.critic_hidden.0` = -3"):
+        _control({"critic_hidden": [-3]})
+    assert _control({"actor_hidden": []}).control.actor_hidden == ()  # a linear policy is fine
+
+
+def test_control_section_errors_name_the_field_without_the_section_dump():
+    with pytest.raises(ConfigError) as err:
+        _control({"num_envs": 2, "rollout_steps": 8, "num_minibatches": 3})
+    msg = str(err.value)
+    assert "`control.num_minibatches` = 3" in msg and "must be divisible by control.num_minibatches = 3" in msg
+    assert "'num_envs'" not in msg and "{" not in msg  # not the whole control dict
+    with pytest.raises(ConfigError, match=r"`control.time_embed_dim` = 5: .*must be even"):
+        _control({"time_embed_dim": 5})
+    cfg = _control({"num_envs": 2, "rollout_steps": 1, "num_minibatches": 2})
+    with pytest.raises(ValueError, match="must be divisible"):  # assignments are still checked
+        cfg.control.num_envs = 3
+
+
+GAUSSIAN = {"policy": "gaussian"}
+
+
+@pytest.mark.parametrize(
+    ("control", "top", "pattern"),
+    [
+        (GAUSSIAN, {"objective": {"dipod_beta": 0.0}, "drift": {"every": 5}}, r"drift.every = 5 .*control.policy"),
+        (GAUSSIAN, {}, r"objective.dipod_beta = 0.05 has no effect with control.policy = 'gaussian'"),
+        (
+            {**GAUSSIAN, "self_distill_iterations": 3},
+            {"objective": {"dipod_beta": 0.0}},
+            r"control.self_distill_iterations = 3 has no effect with control.policy = 'gaussian'",
+        ),
+        ({}, {"objective": {"clip_low": 0.1}}, r"objective.clip_high = 0.2 .*ignore objective.clip_low = 0.1"),
+        ({}, {"objective": {"clip_high": 0.01}}, r"objective.clip_high = 0.01 .*ignore objective.clip_low = 0.2"),
+        ({}, {"train": {"bf16": True}}, r"train.bf16 = True .*bf16 autocast applies to language models on CUDA"),
+    ],
+)
+def test_control_settings_that_would_crash_or_be_ignored_are_rejected(control, top, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        _control(control, **top)
+
+
+def test_control_settings_that_are_used_pass():
+    _control(GAUSSIAN, objective={"dipod_beta": 0.0, "clip_low": 0.1, "clip_high": 0.3})  # PPO uses both clips
+    _control({}, objective={"name": "fpo", "clip_low": 0.1, "clip_high": 0.3})  # so does FPO
+    _control({}, objective={"clip_low": 0.01, "clip_high": 0.01}, drift={"every": 5})
+    validate_config({"domain": "language", "language": {}, "train": {"bf16": True}})

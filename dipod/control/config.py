@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+Width = Annotated[int, Field(gt=0)]
+"""A hidden layer's number of units."""
+
+
+def _minibatch_problem(num_envs: int, rollout_steps: int, num_minibatches: int) -> str | None:
+    batch = num_envs * rollout_steps
+    if batch % num_minibatches == 0:
+        return None
+    return (
+        f"control.num_envs * control.rollout_steps = {batch} must be divisible by "
+        f"control.num_minibatches = {num_minibatches}"
+    )
 
 
 class ControlConfig(BaseModel):
@@ -32,8 +45,9 @@ class ControlConfig(BaseModel):
     # ------------------------------------------------------------------ policy
     policy: Literal["flow", "gaussian"] = "flow"
     """flow: velocity-field policy trained with objective.name; gaussian: PPO on exact log-probs (baseline)."""
-    actor_hidden: tuple[int, ...] = (64, 64)
-    critic_hidden: tuple[int, ...] = (64, 64)
+    actor_hidden: tuple[Width, ...] = (64, 64)
+    """Hidden layer widths of the actor (empty: a linear policy)."""
+    critic_hidden: tuple[Width, ...] = (64, 64)
     activation: Literal["elu", "tanh", "relu", "silu"] = "elu"
     time_embed_dim: int = Field(8, ge=2)
     """Sinusoidal embedding size of the flow time tau (even)."""
@@ -75,14 +89,28 @@ class ControlConfig(BaseModel):
     eval_episodes: int = Field(4, ge=1)
     """Episodes per evaluation (deterministic flow noise from the eval generator)."""
 
+    # Checks on one field report that field (``control.num_minibatches = 3: ...``); the model validator
+    # repeats the divisibility check for assignments to num_envs or rollout_steps after construction.
+
+    @field_validator("time_embed_dim")
+    @classmethod
+    def _even(cls, value: int) -> int:
+        if value % 2 != 0:
+            raise ValueError("must be even (sin and cos pairs)")
+        return value
+
+    @field_validator("num_minibatches")
+    @classmethod
+    def _divides_batch(cls, value: int, info: ValidationInfo) -> int:
+        if "num_envs" in info.data and "rollout_steps" in info.data:
+            problem = _minibatch_problem(info.data["num_envs"], info.data["rollout_steps"], value)
+            if problem is not None:
+                raise ValueError(problem)
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> ControlConfig:
-        batch = self.num_envs * self.rollout_steps
-        if batch % self.num_minibatches != 0:
-            raise ValueError(
-                f"control.num_envs * control.rollout_steps = {batch} must be divisible by "
-                f"control.num_minibatches = {self.num_minibatches}"
-            )
-        if self.time_embed_dim % 2 != 0:
-            raise ValueError(f"control.time_embed_dim = {self.time_embed_dim} must be even (sin and cos pairs)")
+        problem = _minibatch_problem(self.num_envs, self.rollout_steps, self.num_minibatches)
+        if problem is not None:
+            raise ValueError(problem)
         return self

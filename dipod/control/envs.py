@@ -105,6 +105,38 @@ class MultimodalBandit(gym.Env):
         return np.zeros(1, dtype=np.float32), self.reward(action), True, False, {}
 
 
+def check_env(name: str) -> None:
+    """Raise a ValueError naming ``control.env`` unless ``name`` is ``bandit`` or a gymnasium id with Box spaces.
+
+    Runs before the vector env is built, so a typo or a discrete-action env fails with one message
+    instead of a traceback from a sub-env (or from a worker process of an async vector env).
+    """
+    if name == "bandit":
+        return
+    try:
+        env = gym.make(name)
+    except gym.error.Error as exc:
+        raise ValueError(f"control.env = {name!r} cannot be made: {exc}") from None
+    spaces = {"action": env.action_space, "observation": env.observation_space}
+    env.close()
+    for kind, space in spaces.items():
+        if not isinstance(space, gym.spaces.Box):
+            raise ValueError(
+                f"control.env = {name!r} has a {type(space).__name__} {kind} space; flow and Gaussian policies "
+                "need a continuous (Box) one"
+            )
+
+
+def env_seeds(seed: int, num_envs: int, stream: int) -> list[int]:
+    """Reset seeds of ``num_envs`` sub-envs: independent for every (seed, stream) pair.
+
+    gymnasium's ``reset(seed=s)`` seeds sub-env i with s + i, so runs with neighbouring seeds would
+    share most sub-env streams; a SeedSequence keyed by (seed, stream) gives unrelated ones.
+    Streams: 0 training envs, 1 evaluation envs.
+    """
+    return [int(s) for s in np.random.SeedSequence([seed, stream]).generate_state(num_envs)]
+
+
 def make_env(name: str, index: int, **kwargs: Any) -> gym.Env:
     """One sub-env, wrapped in ``Snapshot``. ``name`` is a gymnasium id or ``bandit``."""
     if name == "bandit":
@@ -140,6 +172,7 @@ def final_observations(next_obs: np.ndarray, infos: dict) -> np.ndarray:
     """(E, S) the observation each env actually reached: ``final_obs`` where an episode ended this step."""
     real = np.array(next_obs, copy=True)
     if "_final_obs" in infos:
-        for i in np.flatnonzero(infos["_final_obs"]):  # only the few envs whose episode ended
-            real[i] = infos["final_obs"][i]
+        ended = np.asarray(infos["_final_obs"], dtype=bool)  # (E,)
+        if ended.any():
+            real[ended] = np.stack(infos["final_obs"][ended])
     return real

@@ -8,6 +8,7 @@ summary holds every run's curve of the training episode return (mean of the last
 from __future__ import annotations
 
 import json
+import math
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -43,7 +44,7 @@ def run_curve(cfg: RunConfig, env_steps: int, log_path: Path, *, eval_at_end: bo
             row = {"step": trainer.step, "samples": trainer.samples, "time_s": time.perf_counter() - start, **metrics}
             log.write(json.dumps(row) + "\n")
             log.flush()
-            elbo.append(metrics["elbo_mean"])
+            elbo.append(metrics.get("elbo_mean", math.nan))  # absent when every update was skipped
             if "episode_return" in metrics:
                 samples.append(trainer.samples)
                 returns.append(metrics["episode_return"])

@@ -20,7 +20,14 @@ import torch
 from dipod.advantages import gae
 from dipod.bounds.flow import FlowDraws, draw_flow_noise
 from dipod.config import RunConfig
-from dipod.control.envs import final_observations, make_vector_env, restore_vector_env, snapshot_vector_env
+from dipod.control.envs import (
+    check_env,
+    env_seeds,
+    final_observations,
+    make_vector_env,
+    restore_vector_env,
+    snapshot_vector_env,
+)
 from dipod.control.normalizer import RunningNorm
 from dipod.control.policy import Critic, FlowPolicy, GaussianPolicy
 from dipod.control.self_distill import self_distill
@@ -56,10 +63,11 @@ class ControlTrainer:
         self.gen_probe = _generator(self.device, cfg.seed * 1000 + 3)  # drift probe
         init_gen = _generator(torch.device("cpu"), cfg.seed * 1000 + 4)  # weight init
 
+        check_env(cc.env)
         env_kwargs = {"modes": cc.bandit_modes, "width": cc.bandit_width} if cc.env == "bandit" else {}
         self.envs = make_vector_env(cc.env, cc.num_envs, mode=cc.vector_mode, **env_kwargs)
         self._env_kwargs = env_kwargs
-        obs, _ = self.envs.reset(seed=cfg.seed)
+        obs, _ = self.envs.reset(seed=env_seeds(cfg.seed, cc.num_envs, stream=0))
         self._obs = np.asarray(obs, dtype=np.float32)  # (E, S) current observations
         obs_space, act_space = self.envs.single_observation_space, self.envs.single_action_space
         self.obs_dim, self.action_dim = int(np.prod(obs_space.shape)), int(np.prod(act_space.shape))
@@ -141,9 +149,10 @@ class ControlTrainer:
         rewards = np.asarray(rewards, dtype=np.float64)
         self._ep_return += rewards
         self._ep_length += 1
-        for i in np.flatnonzero(terminated | truncated):  # only the envs whose episode ended
-            self._finished.append((float(self._ep_return[i]), int(self._ep_length[i])))
-            self._ep_return[i], self._ep_length[i] = 0.0, 0
+        ended = np.asarray(terminated | truncated, dtype=bool)  # (E,)
+        if ended.any():
+            self._finished.extend(zip(self._ep_return[ended].tolist(), self._ep_length[ended].tolist(), strict=True))
+            self._ep_return[ended], self._ep_length[ended] = 0.0, 0
         self.samples += self.cc.num_envs
         return rewards, terminated, truncated, reached
 
@@ -332,7 +341,7 @@ class ControlTrainer:
         cc = self.cc
         envs = make_vector_env(cc.env, cc.eval_episodes, mode="sync", **self._env_kwargs)
         gen = _generator(self.device, self.cfg.seed * 1000 + 5)
-        obs, _ = envs.reset(seed=self.cfg.seed + 10_000)
+        obs, _ = envs.reset(seed=env_seeds(self.cfg.seed, cc.eval_episodes, stream=1))
         returns = np.zeros(cc.eval_episodes)
         lengths = np.zeros(cc.eval_episodes)
         active = np.ones(cc.eval_episodes, dtype=bool)
@@ -358,8 +367,8 @@ class ControlTrainer:
         if not isinstance(self.actor, FlowPolicy):
             raise ValueError("drift_probe needs a flow policy (the Gaussian baseline's likelihood is exact)")
         if self._last_batch is None:
-            self._fill_probe_batch()
-        assert self._last_batch is not None
+            # A rollout here would advance the envs, generators and normaliser, i.e. change training.
+            raise RuntimeError("drift_probe needs a rollout: call train_step first")
         b = self._last_batch
         size = min(self.cfg.drift.probe_size, b["obs"].shape[0])
         rows = torch.randperm(b["obs"].shape[0], generator=self.gen_probe, device=self.gen_probe.device)[:size]
@@ -371,19 +380,6 @@ class ControlTrainer:
             self.actor.velocity, self.actor.parameters(), obs, actions / self.actor.actor_scale, adv, draws,
             self.cfg.objective, sampling_steps=self.actor.sampling_steps,
         )  # fmt: skip
-
-    def _fill_probe_batch(self) -> None:
-        """Fill the drift probe's batch with one rollout and its advantages, without updating."""
-        roll = self._rollout()
-        advantages, _ = gae(
-            roll["rewards"], roll["values"], roll["next_values"], roll["terminated"], roll["truncated"],
-            gamma=self.cc.gamma, lam=self.cc.gae_lambda,
-        )  # fmt: skip
-        self._last_batch = {
-            "obs": roll["obs"].flatten(0, 1),
-            "actions": roll["actions"].flatten(0, 1),
-            "adv": advantages.flatten(),
-        }
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -412,8 +408,13 @@ class ControlTrainer:
             "config": self.cfg.model_dump(mode="json"),
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        """Restore a ``state_dict``; the trainer must have been built from the same config."""
+    def load_state_dict(self, state: dict, *, restore_envs: bool = True) -> None:
+        """Restore a ``state_dict``; the trainer must have been built from the same config.
+
+        ``restore_envs=False`` leaves the training envs, their current observations and running
+        episode counters as built: for evaluation, which uses envs of its own (so e.g. a different
+        ``control.num_envs`` does not matter). Training on from there is not bit for bit.
+        """
         self.step, self.samples = int(state["step"]), int(state["samples"])
         self.actor.load_state_dict(state["actor"])
         self.critic.load_state_dict(state["critic"])
@@ -423,10 +424,11 @@ class ControlTrainer:
         self.gen_rollout.set_state(state["generators"]["rollout"])
         self.gen_update.set_state(state["generators"]["update"])
         self.gen_probe.set_state(state["generators"]["probe"])
-        restore_vector_env(self.envs, state["envs"])
-        self._obs = state["obs"].numpy().astype(np.float32)
-        self._ep_return = state["ep_return"].numpy().astype(np.float64)
-        self._ep_length = state["ep_length"].numpy().astype(np.int64)
+        if restore_envs:
+            restore_vector_env(self.envs, state["envs"])
+            self._obs = state["obs"].numpy().astype(np.float32)
+            self._ep_return = state["ep_return"].numpy().astype(np.float64)
+            self._ep_length = state["ep_length"].numpy().astype(np.int64)
         self._finished = deque((tuple(x) for x in state["finished"]), maxlen=RETURN_WINDOW)
         self._self_distill_done = bool(state["self_distill_done"])
         last = state.get("last_batch")

@@ -260,6 +260,12 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 def _build_trainer(cfg: RunConfig, trainer_factory: TrainerFactory, payload: dict | None, run_dir: Path) -> Any:
     """The trainer, with the checkpoint's state when resuming; failures become named errors."""
     try:
+        device = torch.device(cfg.train.device)
+    except RuntimeError as exc:
+        raise ConfigError(f"train.device = {cfg.train.device!r} is not a torch device: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device = {cfg.train.device!r}, but torch sees no CUDA device on this machine")
+    try:
         trainer = trainer_factory(cfg)
     except (ValueError, OSError) as exc:  # a model path that is not there, a setting the trainer cannot honour
         raise ConfigError(f"{cfg.name}: cannot build the trainer: {exc}") from exc

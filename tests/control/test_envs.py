@@ -5,6 +5,8 @@ import pytest
 
 from dipod.control.envs import (
     MultimodalBandit,
+    check_env,
+    env_seeds,
     final_observations,
     make_vector_env,
     restore_vector_env,
@@ -73,3 +75,37 @@ def test_bandit_has_two_peaks_and_a_valley():
     assert valley < 1e-6
     _, _, terminated, truncated, _ = env.step(np.array([0.7]))
     assert terminated and not truncated
+
+
+@pytest.mark.parametrize(
+    ("name", "pattern"),
+    [
+        ("Pendulm-v1", r"control.env = 'Pendulm-v1' cannot be made: .*Did you mean: `Pendulum`"),
+        ("CartPole-v1", r"control.env = 'CartPole-v1' has a Discrete action space; .*continuous \(Box\)"),
+    ],
+)
+def test_check_env_names_the_key_the_value_and_why(name, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        check_env(name)
+    check_env("Pendulum-v1")
+    check_env("bandit")
+
+
+def test_env_seeds_are_disjoint_across_seeds_and_streams_and_repeat_for_the_same_seed():
+    lists = {(seed, stream): env_seeds(seed, 16, stream) for seed in range(3) for stream in range(2)}
+    assert env_seeds(1, 16, 0) == lists[1, 0]
+    assert all(len(set(seeds)) == 16 for seeds in lists.values())
+    everything = [s for seeds in lists.values() for s in seeds]
+    assert len(set(everything)) == len(everything)  # no sub-env stream shared between runs or with eval
+
+
+def test_final_observations_replaces_exactly_the_ended_rows():
+    next_obs = np.arange(12, dtype=np.float32).reshape(4, 3)
+    final = np.empty(4, dtype=object)
+    final[1], final[3] = np.full(3, -1.0), np.full(3, -3.0)
+    infos = {"final_obs": final, "_final_obs": np.array([False, True, False, True])}
+    reached = final_observations(next_obs, infos)
+    expected = next_obs.copy()
+    expected[1], expected[3] = -1.0, -3.0
+    np.testing.assert_array_equal(reached, expected)
+    np.testing.assert_array_equal(next_obs, np.arange(12).reshape(4, 3))  # the input is not changed

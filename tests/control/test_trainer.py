@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+import dipod.control.trainer as trainer_module
 from dipod.config import validate_config
+from dipod.control.envs import env_seeds, make_vector_env
+from dipod.control.experiment import run_curve
 from dipod.control.trainer import ControlTrainer
 
 NUM_ENVS, ROLLOUT = 4, 16
@@ -35,7 +38,7 @@ def _cfg(**control):
     [
         ("flow", {"name": "fpo_pp", "dipod_beta": 0.05}),
         ("flow", {"name": "fpo", "dipod_beta": 0.0}),
-        ("gaussian", {"name": "fpo"}),
+        ("gaussian", {"name": "fpo", "dipod_beta": 0.0}),
     ],
 )
 def test_ratio_is_one_before_the_first_update(policy, objective):
@@ -117,7 +120,7 @@ def test_same_seed_gives_identical_metrics():
         {"vector_mode": "async", "num_envs": 2},
         {},
         {"self_distill_iterations": 2, "self_distill_batch_size": 32},
-        {"policy": "gaussian", "objective": {"name": "fpo"}},
+        {"policy": "gaussian", "objective": {"name": "fpo", "dipod_beta": 0.0}},
     ],
 )
 def test_resume_from_state_dict_is_bit_for_bit(extra):
@@ -178,3 +181,56 @@ def test_truncated_steps_bootstrap_from_the_final_observation():
     # The reset observation is where the next rollout starts.
     np.testing.assert_array_equal(trainer._obs, captured["obs"])
     trainer.close()
+
+
+def test_envs_are_seeded_from_a_seed_sequence_of_the_run_seed(monkeypatch):
+    resets = []
+    original = trainer_module.make_vector_env
+
+    def recording(*args, **kwargs):
+        envs = original(*args, **kwargs)
+        reset = envs.reset
+        envs.reset = lambda **kw: resets.append(kw["seed"]) or reset(**kw)
+        return envs
+
+    monkeypatch.setattr(trainer_module, "make_vector_env", recording)
+    trainer = ControlTrainer(_cfg(eval_episodes=2))
+    trainer.evaluate()
+    trainer.close()
+    assert resets == [env_seeds(3, NUM_ENVS, stream=0), env_seeds(3, 2, stream=1)]
+    fresh = make_vector_env("Pendulum-v1", NUM_ENVS)
+    np.testing.assert_array_equal(trainer._obs, fresh.reset(seed=resets[0])[0].astype(np.float32))
+    fresh.close()
+
+
+@pytest.mark.parametrize("name", ["CartPole-v1", "Pendulm-v1"])
+def test_an_env_without_continuous_actions_or_registration_fails_naming_control_env(name):
+    with pytest.raises(ValueError, match=f"control.env = '{name}'"):
+        ControlTrainer(_cfg(env=name))
+
+
+def test_drift_probe_before_any_rollout_raises_and_changes_nothing():
+    probed, plain = ControlTrainer(_cfg()), ControlTrainer(_cfg())
+    with pytest.raises(RuntimeError, match="drift_probe needs a rollout: call train_step first"):
+        probed.drift_probe()
+    assert probed.samples == 0 and probed.normalizer.count == plain.normalizer.count
+    assert probed.train_step() == plain.train_step()
+    probed.close()
+    plain.close()
+
+
+def test_finished_episodes_are_recorded_for_every_env_that_ended():
+    # Every bandit step ends an episode: each env's return is its reward, its length 1.
+    trainer = ControlTrainer(_cfg(env="bandit", rollout_steps=2, num_minibatches=1))
+    roll = trainer._rollout()
+    returns, lengths = zip(*trainer._finished, strict=True)
+    np.testing.assert_allclose(returns, roll["raw_rewards"].flatten().numpy(), rtol=1e-6)  # step-major, env order
+    assert lengths == (1,) * 2 * NUM_ENVS and all(type(n) is int and type(r) is float for r, n in trainer._finished)
+    assert not trainer._ep_return.any() and not trainer._ep_length.any()
+    trainer.close()
+
+
+def test_run_curve_logs_nan_elbo_when_every_update_is_skipped(monkeypatch, tmp_path):
+    monkeypatch.setattr(trainer_module, "loss_is_finite", lambda loss: False)
+    result = run_curve(_cfg(), NUM_ENVS * ROLLOUT, tmp_path / "curve.jsonl", eval_at_end=False)
+    assert len(result["elbo_mean"]) == 1 and math.isnan(result["elbo_mean"][0])
