@@ -34,6 +34,9 @@ LogitsFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 MaskScheme = Literal["count", "round", "bernoulli", "d1"]
 ElboScale = Literal["sum", "mean"]
 
+BERNOULLI_MIN_T = 1e-3
+"""Floor of the ``bernoulli`` scheme's noise level, t = eps + (1 - eps) * u (LLaDA's eps): bounds its weight 1/t."""
+
 
 @dataclass(frozen=True)
 class MaskDraws:
@@ -127,7 +130,10 @@ def draw_masks(
     Schemes (Lv = number of valid tokens, t the draw's noise level):
       - ``count``: n uniform on {1..Lv}, weight Lv / n (unbiased; the order-average identity).
       - ``round``: n = round(t * Lv), weight Lv / n, or 2 when n = Lv (its half-width bin); n = 0 adds 0.
-      - ``bernoulli``: each valid token masked with probability t, weight 1 / t (continuous-time ELBO).
+      - ``bernoulli``: each valid token masked with probability t, weight 1 / t (continuous-time ELBO), with
+        t floored as LLaDA does, t = eps + (1 - eps) * u, eps = ``BERNOULLI_MIN_T``, so the weight is at
+        most 1 / eps. Its expectation is the ELBO's time integral over [eps, 1] divided by 1 - eps instead
+        of the integral over [0, 1]: a bias of order eps relative to the ELBO, traded for bounded weights.
       - ``d1``: n = floor(t * Lv), weight Lv / max(n, 1), as the d1/FPO release; biased (never n = Lv).
     The prompt is never masked unless ``prompt_mask_prob`` > 0 (diffu-GRPO's random prompt masking).
 
@@ -145,6 +151,7 @@ def draw_masks(
     has_tokens = lengths > 0
 
     if scheme == "bernoulli":
+        t = BERNOULLI_MIN_T + (1.0 - BERNOULLI_MIN_T) * t  # (B, K) in (eps, 1]: weight 1/t < 1/eps
         u = torch.rand(allowed.shape, generator=generator, device=device)
         mask = (u < t[..., None]) & allowed
         weight = torch.where(has_tokens, 1.0 / t, torch.zeros_like(t))
@@ -181,6 +188,10 @@ def draw_block_random_masks(
     """SPG's ``block_random`` masking: pick a block b, mask every later block fully, and inside b a
     uniform count in [1, len(b)] of random positions, mimicking a semi-autoregressive decode state.
 
+    Positions outside ``valid`` (the filler after the first EOS) are always masked, as SPG does, so the
+    model never sees the filler. They are masked but not scored (the bounds count ``mask & valid``
+    only) and enter neither the weight nor t.
+
     The weight is Lv / n_masked, so the per-token ("mean") ELBO is SPG's mean over masked tokens.
     """
     batch, length = valid.shape
@@ -196,11 +207,12 @@ def draw_block_random_masks(
     u = torch.rand(batch, num_draws, generator=generator, device=device)
     count = torch.floor(u * block_len).long() + 1  # (B, K) uniform in [1, len(b)]
     in_block_masked = in_block & (_random_ranks(in_block, generator) < count[..., None])
-    mask = ((pos_block > block[..., None]) & allowed) | in_block_masked
-    n_masked = mask.sum(-1).float()
+    scored = ((pos_block > block[..., None]) & allowed) | in_block_masked  # (B, K, L)
+    n_masked = scored.sum(-1).float()
     weight = torch.where(n_masked > 0, lengths.float() / n_masked.clamp(min=1), torch.zeros_like(n_masked))
     prompt_mask = _draw_prompt_mask(prompt_valid, num_draws, prompt_mask_prob, generator)
     t = n_masked / lengths.float().clamp(min=1)
+    mask = scored | ~allowed  # (B, K, L): filler after EOS is masked too, but outside valid it is never scored
     return MaskDraws(mask=mask, weight=weight, t=t, prompt_mask=prompt_mask)
 
 

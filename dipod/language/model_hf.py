@@ -7,10 +7,15 @@ Three families, one interface (input_ids (N, T), attention_mask (N, T) bool -> l
   from an autoregressive model, so they are shifted right by one), and it wants a 4-D boolean
   attention mask with position ids that skip left padding.
 Special ids come from the tokenizer and the model config (``HFTokenizer``), never from literals.
+
+LLaDA's stock remote code ignores ``attention_mask`` (its attention is called with no mask), so left
+padding is visible to it. Remote-code models are probed once at load time
+(``ignores_attention_mask``), and a batch with padding then gets one warning per model.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -45,6 +50,9 @@ class HFMaskedLM(nn.Module):
         self.vocab_size = vocab_size
         self.logits_shift = logits_shift
         self.dream_style_inputs = getattr(getattr(net, "config", None), "model_type", None) in SHIFTED_MODEL_TYPES
+        self.ignores_attention_mask = False
+        """True when the wrapped model's logits do not depend on the attention mask (``probe_attention_mask``)."""
+        self._padding_warned = False
 
     @classmethod
     def from_pretrained(
@@ -79,7 +87,7 @@ class HFMaskedLM(nn.Module):
         if logits_shift is None:
             logits_shift = getattr(config, "model_type", None) in SHIFTED_MODEL_TYPES
         vocab_size = getattr(config, "vocab_size", None) or tokenizer.vocab_size
-        return cls(
+        model = cls(
             net,
             mask_token_id=tokenizer.mask_token_id,
             pad_token_id=tokenizer.pad_token_id,
@@ -87,6 +95,30 @@ class HFMaskedLM(nn.Module):
             vocab_size=int(vocab_size),
             logits_shift=logits_shift,
         )
+        if trust_remote_code and not model.dream_style_inputs:
+            model.ignores_attention_mask = model.probe_attention_mask()
+        return model
+
+    @torch.no_grad()
+    def probe_attention_mask(self) -> bool:
+        """Whether the wrapped model ignores its attention mask: one 3-token forward pass, with the first
+        token marked as padding and without a mask; identical logits at the two real tokens mean the
+        padding was seen. Runs in eval mode (no dropout) and restores the training flag."""
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            device = getattr(self.net, "device", "cpu")
+            ids = torch.tensor([[self.pad_token_id, self.mask_token_id, self.eos_token_id]], device=device)
+            padded = torch.tensor([[False, True, True]], device=ids.device)
+            with_mask = self.net(input_ids=ids, attention_mask=padded.long()).logits[:, 1:]  # (1, 2, V')
+            without = self.net(input_ids=ids, attention_mask=None).logits[:, 1:]
+            return bool(torch.equal(with_mask, without))
+        finally:
+            self.net.train(was_training)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write the wrapped transformers model (weights, config and, for remote code, its code files)."""
+        self.net.save_pretrained(str(directory))
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, positions: slice | None = None
@@ -99,6 +131,8 @@ class HFMaskedLM(nn.Module):
         if self.dream_style_inputs:
             logits = self._dream_forward(input_ids, attention_mask)
         else:
+            if self.ignores_attention_mask and not self._padding_warned and attention_mask is not None:
+                self._warn_if_padded(attention_mask)
             mask = None if attention_mask is None else attention_mask.long()
             logits = self.net(input_ids=input_ids, attention_mask=mask).logits  # (N, T, V')
         if self.logits_shift:
@@ -106,6 +140,17 @@ class HFMaskedLM(nn.Module):
         if positions is not None:
             logits = logits[:, positions]
         return logits[..., : self.vocab_size]  # padded embedding rows are not tokens
+
+    def _warn_if_padded(self, attention_mask: torch.Tensor) -> None:
+        if bool(attention_mask.all()):
+            return
+        self._padding_warned = True
+        warnings.warn(
+            f"{type(self.net).__name__} ignores attention_mask: padding tokens are visible to it, so the "
+            "logits of padded prompts differ from unpadded ones (LLaDA's remote code does this). Use one "
+            "prompt per batch (equal-length prompts) to avoid it.",
+            stacklevel=3,
+        )
 
     def _dream_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         if attention_mask is None or bool(attention_mask.all()):

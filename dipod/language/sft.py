@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from dipod.bounds.masked import draw_masks, elbo_from_logprobs, masked_token_logprobs
 from dipod.config import RunConfig, load_config
@@ -72,6 +73,28 @@ def masked_diffusion_loss(
     return -elbo_from_logprobs(token_logp, draws, valid, scale="mean").mean()
 
 
+def merge_adapters(model: nn.Module) -> nn.Module:
+    """Fold LoRA adapters into their base weights and remove them, in place; returns ``model``.
+
+    Each peft-wrapped layer (``apply_lora`` injects them) merges W + scale * B @ A into its base layer,
+    which then replaces the wrapper, so the model has its original module names and no ``lora_*``
+    weights: it saves and loads as a plain model and computes the adapted function (up to float
+    rounding). Every weight is trainable afterwards, as in a freshly loaded model. A model without
+    adapters is returned unchanged.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    wrapped = [(name, m) for name, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
+    if not wrapped:
+        return model
+    for name, layer in wrapped:
+        layer.merge()
+        parent_name, _, child_name = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child_name, layer.get_base_layer())
+    model.requires_grad_(True)
+    return model
+
+
 def _lr_factor(step: int, warmup: int) -> float:
     """Linear warmup to the configured learning rate, then constant."""
     return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
@@ -88,6 +111,11 @@ def train_sft(
 
     History rows have ``step``, ``loss`` (-ELBO per token), ``grad_norm`` and, at evaluation steps,
     ``eval/*`` greedy-decoding metrics. With ``out_dir`` the model and tokenizer are saved there.
+    LoRA adapters (``finetune: lora``) are merged into the base weights at the end
+    (``merge_adapters``), so the returned and saved model is a plain model that loads by path.
+
+    Dropout draws from torch's global RNG; training runs inside ``torch.random.fork_rng`` seeded with
+    ``cfg.seed``, so a run is reproducible from its config and the caller's RNG state is untouched.
     """
     lang = cfg.language
     if lang is None:
@@ -106,39 +134,47 @@ def train_sft(
     mask_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     history: list[dict[str, float]] = []
     start = time.perf_counter()
-    for step in range(lang.sft.steps):
-        model.train()
-        for group in optimizer.param_groups:
-            group["lr"] = lang.sft.lr * _lr_factor(step, lang.sft.warmup_steps)
-        batch = sft_tensors(
-            tokenizer,
-            task,
-            source.draw(lang.sft.batch_size, rng),
-            fmt,
-            lang.sampler.gen_length,
-            device,
-            chat=lang.data.chat_template,
-        )
-        loss = masked_diffusion_loss(model, *batch, num_draws=lang.sft.elbo_draws, generator=mask_gen)
-        row: dict[str, float] = {"step": step + 1, "loss": float(loss.detach()), "time_s": time.perf_counter() - start}
-        if loss_is_finite(loss):
-            loss.backward()
-            _, row["grad_norm"] = clip_and_step(optimizer, params, cfg.optim.max_grad_norm)
-        else:
-            optimizer.zero_grad(set_to_none=True)
-        last = step + 1 == lang.sft.steps
-        if last or (lang.sft.eval_every and (step + 1) % lang.sft.eval_every == 0):
-            model.eval()
-            row.update(
-                evaluate_policy(
-                    model, tokenizer, task, source.eval_examples, lang.sampler, fmt,
-                    batch_size=lang.eval_batch_size, device=device, chat=lang.data.chat_template,
-                )
-            )  # fmt: skip
-        history.append(row)
-        if log is not None:
-            log(row)
+    rng_devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=rng_devices):
+        torch.manual_seed(cfg.seed)  # dropout's stream: seeded, and local to this run
+        for step in range(lang.sft.steps):
+            model.train()
+            for group in optimizer.param_groups:
+                group["lr"] = lang.sft.lr * _lr_factor(step, lang.sft.warmup_steps)
+            batch = sft_tensors(
+                tokenizer,
+                task,
+                source.draw(lang.sft.batch_size, rng),
+                fmt,
+                lang.sampler.gen_length,
+                device,
+                chat=lang.data.chat_template,
+            )
+            loss = masked_diffusion_loss(model, *batch, num_draws=lang.sft.elbo_draws, generator=mask_gen)
+            row: dict[str, float] = {
+                "step": step + 1,
+                "loss": float(loss.detach()),
+                "time_s": time.perf_counter() - start,
+            }
+            if loss_is_finite(loss):
+                loss.backward()
+                _, row["grad_norm"] = clip_and_step(optimizer, params, cfg.optim.max_grad_norm)
+            else:
+                optimizer.zero_grad(set_to_none=True)
+            last = step + 1 == lang.sft.steps
+            if last or (lang.sft.eval_every and (step + 1) % lang.sft.eval_every == 0):
+                model.eval()
+                row.update(
+                    evaluate_policy(
+                        model, tokenizer, task, source.eval_examples, lang.sampler, fmt,
+                        batch_size=lang.eval_batch_size, device=device, chat=lang.data.chat_template,
+                    )
+                )  # fmt: skip
+            history.append(row)
+            if log is not None:
+                log(row)
     model.eval()
+    merge_adapters(model)
     if out_dir is not None:
         out = Path(out_dir)
         model.save_pretrained(out)

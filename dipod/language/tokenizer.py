@@ -208,3 +208,12 @@ class HFTokenizer:
     def batch_decode(self, ids: torch.Tensor, *, skip_special_tokens: bool = True) -> list[str]:
         """Texts of the rows of a (B, T) id tensor."""
         return [self.decode(row, skip_special_tokens=skip_special_tokens) for row in ids.tolist()]
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write the wrapped tokenizer's files into ``directory`` (``HFTokenizer(directory)`` loads them).
+
+        The mask id is not stored here: it comes back from the model's config.json (written by the
+        model's ``save_pretrained``) or the tokenizer's own mask token; a ``mask_token`` given at
+        construction must be given again.
+        """
+        self.hf.save_pretrained(str(directory))

@@ -4,7 +4,8 @@ HF models are written offline to tmp_path by the helpers below:
 - ``write_bert``: a BERT masked LM + WordPiece tokenizer (the AutoModelForMaskedLM path).
 - ``write_remote_code_model``: a custom-code model with LLaDA's interface (``model(input_ids).logits``,
   bidirectional, ``mask_token_id`` in its config, not in its tokenizer), loaded through
-  ``trust_remote_code=True`` and ``auto_map``, as LLaDA is.
+  ``trust_remote_code=True`` and ``auto_map``, as LLaDA is. ``ignore_mask=True`` makes it ignore its
+  attention mask, as LLaDA's stock code does.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import importlib
 import importlib.util
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -177,11 +179,18 @@ def _save_custom_code(directory: Path, files: dict[str, str], config_cls: str, m
     assert saved["auto_map"]["AutoModel"].endswith(model_cls), saved
 
 
-def write_remote_code_model(directory: Path) -> Path:
+MASK_IGNORING_MODELING_SRC = MODELING_SRC.replace(
+    "pad = None if attention_mask is None else attention_mask == 0", "pad = None  # attention_mask ignored"
+)
+assert MASK_IGNORING_MODELING_SRC != MODELING_SRC
+
+
+def write_remote_code_model(directory: Path, *, ignore_mask: bool = False) -> Path:
     """The custom-code LLaDA-like model + a tokenizer whose mask token is known only to the config."""
     directory.mkdir(parents=True, exist_ok=True)
     vocab = _tokenizer_files(directory, mask_token=None)
-    files = {"configuration_tiny_llada.py": CONFIGURATION_SRC, "modeling_tiny_llada.py": MODELING_SRC}
+    modeling = MASK_IGNORING_MODELING_SRC if ignore_mask else MODELING_SRC
+    files = {"configuration_tiny_llada.py": CONFIGURATION_SRC, "modeling_tiny_llada.py": modeling}
     _save_custom_code(
         directory,
         files,
@@ -373,6 +382,70 @@ def test_missing_path_and_missing_mask_token_fail_clearly(tmp_path):
         build_tokenizer(ModelConfig(kind="hf", path=str(path), trust_remote_code=True))
     tok = build_tokenizer(ModelConfig(kind="hf", path=str(path), trust_remote_code=True, mask_token="<|mdm_mask|>"))
     assert tok.mask_token_id == tok.hf.convert_tokens_to_ids("<|mdm_mask|>")
+
+
+def test_bert_saves_and_reloads_through_the_adapter(tmp_path):
+    cfg = ModelConfig(kind="hf", path=str(write_bert(tmp_path / "bert")))
+    tok = build_tokenizer(cfg)
+    model = build_model(cfg, tokenizer=tok)
+    with torch.no_grad():
+        model.net.bert.embeddings.word_embeddings.weight.add_(0.1)  # differ from the files it was loaded from
+    model.save_pretrained(tmp_path / "saved")
+    tok.save_pretrained(tmp_path / "saved")
+    cfg2 = ModelConfig(kind="hf", path=str(tmp_path / "saved"))
+    tok2 = build_tokenizer(cfg2)
+    loaded = build_model(cfg2, tokenizer=tok2)
+    assert (tok2.mask_token_id, tok2.pad_token_id, tok2.eos_token_id) == (
+        tok.mask_token_id,
+        tok.pad_token_id,
+        tok.eos_token_id,
+    )
+    ids, attn = tok.batch_encode(["1 2 3", "a"])
+    assert torch.equal(tok2.batch_encode(["1 2 3", "a"])[0], ids)
+    torch.testing.assert_close(loaded(ids, attn), model(ids, attn), rtol=0, atol=0)
+
+
+def test_remote_code_model_saves_its_code_and_reloads(tmp_path):
+    cfg = ModelConfig(kind="hf", path=str(write_remote_code_model(tmp_path / "llada")), trust_remote_code=True)
+    tok = build_tokenizer(cfg)
+    model = build_model(cfg, tokenizer=tok)
+    model.save_pretrained(tmp_path / "saved")
+    tok.save_pretrained(tmp_path / "saved")
+    assert (tmp_path / "saved" / "modeling_tiny_llada.py").is_file()
+    loaded = build_model(cfg.model_copy(update={"path": str(tmp_path / "saved")}))
+    assert loaded.mask_token_id == model.mask_token_id  # from the saved config, as LLaDA's
+    ids = torch.tensor([tok.encode("12ab")])
+    torch.testing.assert_close(loaded(ids), model(ids), rtol=0, atol=0)
+
+
+def test_a_model_that_ignores_its_attention_mask_is_detected_and_warns_once(tmp_path):
+    path = write_remote_code_model(tmp_path / "llada_no_mask", ignore_mask=True)  # own name: own code module
+    cfg = ModelConfig(kind="hf", path=str(path), trust_remote_code=True)
+    tok = build_tokenizer(cfg)
+    model = build_model(cfg, tokenizer=tok)
+    assert model.ignores_attention_mask
+    ids, attn = tok.batch_encode(["12ab", "3c"])  # second row left-padded
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model(ids[:1], attn[:1])  # no padding: nothing to warn about
+        assert not caught
+        model(ids, attn)
+        model(ids, attn)
+    assert len(caught) == 1 and "padding tokens are visible" in str(caught[0].message)
+    assert "one prompt per batch" in str(caught[0].message)
+
+
+def test_a_model_that_honours_its_attention_mask_gives_no_warning(tmp_path):
+    cfg = ModelConfig(kind="hf", path=str(write_remote_code_model(tmp_path / "llada")), trust_remote_code=True)
+    tok = build_tokenizer(cfg)
+    model = build_model(cfg, tokenizer=tok)
+    assert not model.ignores_attention_mask
+    ids, attn = tok.batch_encode(["12ab", "3c"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(ids, attn)
+    bert = build_model(ModelConfig(kind="hf", path=str(write_bert(tmp_path / "bert"))))
+    assert not bert.ignores_attention_mask
 
 
 # --------------------------------------------------------------------------- LoRA and the reference policy

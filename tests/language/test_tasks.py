@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from dipod.language.tasks import TASKS, DataError, countdown, get_task, gsm8k, math500, sudoku
 from dipod.language.tasks.arith import evaluate
 from dipod.language.tasks.prompts import d1_completion
-from dipod.language.tasks.rewards import parse_number, xml_count_reward
+from dipod.language.tasks.rewards import parse_number, soft_format_reward, strict_format_reward, xml_count_reward
 
 GARBAGE = [
     "",
@@ -139,6 +140,20 @@ def test_countdown_reward_cases():
     assert countdown.reward(d1_completion("r", "3 * 5 + 7"), ex, "d1") == 1.0
     assert countdown.reward(d1_completion("r", "3 + 5"), ex, "d1") == 0.1
     assert countdown.reward("3*5+7", ex, "d1") == 0.0  # no answer tags
+    assert countdown.reward("<answer>3*5+7</answer> and <answer>", ex, "d1") == 1.0  # the last complete pair
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ["three times five plus seven", "3*5+", "2**3", "", "3*5+7=22", "__import__('os').system('echo hi')", "1/0"],
+)
+def test_countdown_answer_tags_earn_the_format_score_even_when_unparsable(answer):
+    # d1's compute_score: any extracted answer that is not a correct equation scores format_score = 0.1.
+    ex = countdown.CountdownExample(nums=(3, 5, 7), target=22)
+    assert countdown.reward(d1_completion("r", answer), ex, "d1") == 0.1
+    assert countdown.reward(f"<answer>{answer}</answer>", ex, "d1") == 0.1
+    assert countdown.reward(f"<reasoning>{answer}</reasoning>", ex, "d1") == 0.0  # no answer tags
+    assert countdown.accuracy(d1_completion("r", answer), ex, "d1") == 0.0
 
 
 def test_countdown_generator_and_solver():
@@ -164,15 +179,39 @@ def test_countdown_parquet_matches_jsonl():
 def test_gsm8k_rewards_components():
     ex = gsm8k.GSM8KExample(question="q", answer="1200")
     strict = "<reasoning>\nwork\n</reasoning>\n<answer>\n1200\n</answer>\n"
-    # correctness 2 + integer 0.5 + strict 0.5 + soft 0.5 + xml 4 * 0.125 = 4.0
-    assert gsm8k.reward(strict, ex, "d1") == pytest.approx(4.0)
-    assert gsm8k.reward(strict.replace("1200", "1,200"), ex, "d1") == pytest.approx(3.5)  # no integer credit
-    assert gsm8k.reward(strict.replace("1200", "7"), ex, "d1") == pytest.approx(2.0)
+    # correctness 2 + integer 0.5 + strict 0.5 + xml 4 * 0.125; soft needs each block on one line (release)
+    assert gsm8k.reward(strict, ex, "d1") == pytest.approx(3.5)
+    assert gsm8k.reward(strict.replace("1200", "1,200"), ex, "d1") == pytest.approx(3.0)  # no integer credit
+    assert gsm8k.reward(strict.replace("1200", "7"), ex, "d1") == pytest.approx(1.5)
     soft = "<reasoning>work</reasoning> <answer>1200</answer>"
     assert gsm8k.reward(soft, ex, "d1") == pytest.approx(2.0 + 0.5 + 0.5)  # no strict, no xml lines
     assert gsm8k.reward("1200", ex, "compact") == 2.0
     assert gsm8k.reward("$1,200.00", ex, "compact") == 2.0
     assert gsm8k.reward("1201", ex, "compact") == 0.0
+
+
+def test_format_rewards_match_the_release_regexes_without_dotall():
+    # d1's reward_func.py: re.match(pattern, text) with no flags, so '.' does not cross newlines.
+    multi = "<reasoning>\nstep 1\nstep 2\n</reasoning>\n<answer>\n42\n</answer>\n"
+    single = "<reasoning>\nstep 1\n</reasoning>\n<answer>\n42\n</answer>\n"
+    one_line = "<reasoning>step 1</reasoning>\n<answer>42</answer>"
+    assert strict_format_reward(multi) == 0.0  # multi-line reasoning: the release's strict format misses it
+    assert strict_format_reward(single) == 0.5
+    assert strict_format_reward(single.rstrip("\n")) == 0.0  # the release requires the final newline
+    assert strict_format_reward("text before\n" + single) == 0.0
+    assert soft_format_reward(multi) == 0.0
+    assert soft_format_reward(single) == 0.0  # tags on their own lines: '.' stops at the newline
+    assert soft_format_reward(one_line) == 0.5  # \s* between the blocks may hold newlines
+    assert soft_format_reward("x " + one_line) == 0.0  # re.match: anchored at the start
+    assert soft_format_reward(one_line + "\ntrailing text") == 0.5
+    # dotall=True: the later d1 fix, '.' crosses newlines (still re.match)
+    assert strict_format_reward(multi, dotall=True) == 0.5
+    assert soft_format_reward(multi, dotall=True) == 0.5
+    assert soft_format_reward("x " + multi, dotall=True) == 0.0
+    ex = gsm8k.GSM8KExample(question="q", answer="42")
+    # correctness 2 + integer 0.5 + xml 0.5; strict 0.5 for the single-line reasoning only
+    assert gsm8k.reward(multi, ex, "d1") == pytest.approx(3.0)
+    assert gsm8k.reward(single, ex, "d1") == pytest.approx(3.5)
 
 
 def test_xml_count_trailing_penalty():
@@ -197,6 +236,23 @@ def test_math_equivalence_and_boxed_bonus():
     assert math500.reward("\\boxed{5/6}", ex, "d1") == 0.0  # no answer tags
     assert math500.reward("\\frac{5}{6}", ex, "compact") == 2.0
     assert math500.accuracy(d1_completion("r", "\\boxed{0.8\\overline{3}}"), ex, "d1") in (0.0, 1.0)
+
+
+def test_math_grading_works_outside_the_main_thread():
+    # math-verify's signal-based time limit raises in a thread; grading there must still work.
+    ex = math500.MathExample(problem="p", answer="\\frac{5}{6}")
+    text = d1_completion("r", "\\boxed{\\frac{10}{12}}")
+    results: dict[str, float] = {}
+
+    def grade() -> None:
+        results["reward"] = math500.reward(text, ex, "d1")
+        results["accuracy"] = math500.accuracy(text, ex, "d1")
+        results["wrong"] = math500.accuracy(d1_completion("r", "\\boxed{\\frac{1}{6}}"), ex, "d1")
+
+    thread = threading.Thread(target=grade)
+    thread.start()
+    thread.join()
+    assert results == {"reward": 2.5, "accuracy": 1.0, "wrong": 0.0}
 
 
 # --------------------------------------------------------------------------- data file errors

@@ -1,8 +1,11 @@
 """Countdown: reach ``target`` with + - * / using each of ``nums`` exactly once.
 
 Data: the Countdown-Tasks-3to4 fields (``nums`` list of ints, ``target`` int), JSONL or parquet.
-Reward (paper.md §4a): 1.0 for a correct equation, 0.1 for a well-formed arithmetic expression that is
-wrong (wrong value or not each number exactly once), 0 when there is no parseable answer. Answers are
+Reward (paper.md §4a, d1's ``compute_score``): 1.0 for a correct equation, else the format score 0.1
+whenever an answer was extracted, 0 when there is none. In the d1 format the answer is the content of
+the last ``<answer>...</answer>`` pair, so tags holding anything (a wrong value, wrong numbers, text
+that does not parse, nothing) score 0.1 and no tags score 0, as released. In the compact format the
+whole completion is the answer and only a well-formed expression earns the format score. Answers are
 parsed by ``arith.evaluate`` and never executed.
 """
 
@@ -128,22 +131,27 @@ def target(ex: CountdownExample, fmt: str) -> str:
 
 
 def answer_text(text: str, fmt: str) -> str | None:
-    """The equation part of a completion: compact, the whole text; d1, inside the answer tags; a trailing
-    ``= value`` is dropped."""
-    answer = text.strip() if fmt == "compact" else answer_in_tags(text)
-    if answer is None:
-        return None
-    return answer.split("=")[0].strip()
+    """The equation part of a completion, or None when there is none.
+
+    Compact: the whole text, with a trailing ``= value`` dropped. d1: the content of the last answer-tag
+    pair, as released (a trailing ``= value`` stays, and makes the equation wrong, as in the release).
+    """
+    if fmt == "compact":
+        return text.split("=")[0].strip()
+    return answer_in_tags(text)
 
 
 def reward(text: str, ex: CountdownExample, fmt: str) -> float:
-    """1.0 correct; 0.1 a parseable expression that is wrong; 0.0 nothing parseable."""
+    """1.0 correct; otherwise 0.1 for an extracted answer (d1: any answer tags; compact: a parseable
+    expression); 0.0 without one."""
     answer = answer_text(text, fmt)
-    parsed = None if answer is None else evaluate(answer)
-    if parsed is None:
+    if answer is None:
         return 0.0
-    if sorted(parsed.numbers) == sorted(ex.nums) and parsed.value == ex.target:
+    parsed = evaluate(answer)
+    if parsed is not None and sorted(parsed.numbers) == sorted(ex.nums) and parsed.value == ex.target:
         return CORRECT_REWARD
+    if parsed is None and fmt == "compact":
+        return 0.0
     return FORMAT_REWARD
 
 

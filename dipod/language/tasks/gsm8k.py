@@ -3,6 +3,8 @@
 The reference ``answer`` is worked reasoning ending in ``#### N``. Reward (paper.md §4a, d1's five
 functions summed): correctness 2.0 (the answer equals N as a number), integer 0.5 (the answer is a
 digit string), strict format 0.5, soft format 0.5, and the XML-count partial credit (up to 0.5).
+The format rewards match with the release's semantics (``re.match``, no ``re.DOTALL``), so they do not
+fire on multi-line reasoning; see ``rewards.strict_format_reward``.
 """
 
 from __future__ import annotations

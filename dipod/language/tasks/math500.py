@@ -8,6 +8,7 @@ parsing failure scores 0.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from dipod.language.tasks.base import Task
@@ -18,6 +19,8 @@ CORRECT_REWARD = 2.0
 BOXED_REWARD = 0.5
 MAX_ANSWER_CHARS = 2000
 """Only this many trailing characters of a completion's answer are parsed (bounds the work)."""
+TIMEOUT_S = 5
+"""math-verify's per-call time limit in the main thread (its default)."""
 
 
 @dataclass(frozen=True)
@@ -46,17 +49,24 @@ def target(ex: MathExample, fmt: str) -> str:
 
 
 def equivalent(predicted: str, reference: str) -> bool:
-    """Whether a LaTeX answer (boxed or plain) equals the reference under math-verify; False on any failure."""
+    """Whether a LaTeX answer (boxed or plain) equals the reference under math-verify; False on any failure.
+
+    math-verify's time limit uses ``signal.alarm``, which works in the main thread only: anywhere
+    else it raises, and every answer would score 0. Outside the main thread (a thread pool grading
+    rewards, a data-loader thread) it is therefore called without a time limit; the answer length
+    bound (``MAX_ANSWER_CHARS``) still caps the work.
+    """
     try:
         from math_verify import LatexExtractionConfig, parse, verify
 
+        limit = TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
         config = [LatexExtractionConfig()]
-        gold = parse(f"${reference}$", extraction_config=config)
+        gold = parse(f"${reference}$", extraction_config=config, parsing_timeout=limit)
         text = predicted[-MAX_ANSWER_CHARS:]
         if "\\boxed" not in text and "$" not in text:
             text = f"${text}$"
-        pred = parse(text, extraction_config=config)
-        return bool(gold) and bool(pred) and bool(verify(gold, pred))
+        pred = parse(text, extraction_config=config, parsing_timeout=limit)
+        return bool(gold) and bool(pred) and bool(verify(gold, pred, timeout_seconds=limit))
     except Exception:  # math-verify can fail in many ways on arbitrary text; a failure is a wrong answer
         return False
 

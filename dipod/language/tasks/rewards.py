@@ -12,21 +12,38 @@ from fractions import Fraction
 
 from dipod.language.tasks.prompts import extract_xml_answer
 
-STRICT_FORMAT = re.compile(r"^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n?$", re.DOTALL)
-SOFT_FORMAT = re.compile(r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>", re.DOTALL)
+STRICT_FORMAT = r"^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n$"
+SOFT_FORMAT = r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>"
+"""d1's format patterns, verbatim. Both are applied with ``re.match`` (anchored at the start of the text)."""
 _NUMBER = re.compile(r"[-+]?\$?\s*(?:\d[\d,]*(?:\.\d+)?|\.\d+)")
 MAX_NUMBER_CHARS = 64
 """Numbers longer than this are not parsed (bounds the work a hostile completion can cause)."""
 
 
-def strict_format_reward(text: str, weight: float = 0.5) -> float:
-    """``weight`` if the whole text is exactly reasoning then answer, each tag on its own line."""
-    return weight if STRICT_FORMAT.match(text) else 0.0
+def _format_match(pattern: str, text: str, dotall: bool) -> bool:
+    return re.match(pattern, text, flags=re.DOTALL if dotall else 0) is not None
 
 
-def soft_format_reward(text: str, weight: float = 0.5) -> float:
-    """``weight`` if a reasoning block is followed by an answer block anywhere in the text."""
-    return weight if SOFT_FORMAT.search(text) else 0.0
+def strict_format_reward(text: str, weight: float = 0.5, *, dotall: bool = False) -> float:
+    """``weight`` if the text is reasoning then answer, each tag on its own line, ending in a newline.
+
+    As released (d1's ``strict_format_reward_func``, used by the DiPOD runs): ``re.match`` without
+    ``re.DOTALL``, so ``.`` stops at newlines and the reasoning and the answer must each fit on one
+    line. Multi-line reasoning, the usual case, scores 0: a quirk of the release, kept so that rewards
+    match its runs. ``dotall=True`` lets ``.`` cross newlines (later d1 versions' fix).
+    """
+    return weight if _format_match(STRICT_FORMAT, text, dotall) else 0.0
+
+
+def soft_format_reward(text: str, weight: float = 0.5, *, dotall: bool = False) -> float:
+    """``weight`` if the text starts with a reasoning block followed by an answer block.
+
+    As released (d1's ``soft_format_reward_func``): ``re.match`` (the text must start with
+    ``<reasoning>``) without ``re.DOTALL``, so each block must sit on one line: the d1 format itself,
+    with its tags on their own lines, scores 0. A quirk of the release, kept so that rewards match its
+    runs; ``dotall=True`` lets ``.`` cross newlines (later d1 versions' fix).
+    """
+    return weight if _format_match(SOFT_FORMAT, text, dotall) else 0.0
 
 
 def xml_count_reward(text: str) -> float:
