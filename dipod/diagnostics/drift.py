@@ -291,8 +291,9 @@ def language_trainer_drift_probe(trainer: Any, generator: torch.Generator, np_rn
         trainer.tokenizer, [trainer.task.prompt(ex, fmt) for ex in rows], trainer.device, chat=lang.data.chat_template
     )
     out = decode_and_score(
-        trainer.model, trainer.tokenizer, trainer.task, rows, prompt_ids, prompt_attn, lang.sampler, fmt, generator
-    )
+        trainer.model, trainer.tokenizer, trainer.task, rows, prompt_ids, prompt_attn, lang.sampler, fmt, generator,
+        score_eos=lang.score_eos,
+    )  # fmt: skip
     rewards = torch.as_tensor(out.rewards, dtype=torch.float32, device=trainer.device)
     attention = torch.cat([prompt_attn, torch.ones_like(out.valid)], dim=1)  # (B, P + L)
     metrics = language_drift_probe(

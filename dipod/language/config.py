@@ -173,6 +173,9 @@ class LanguageConfig(BaseModel):
     """Completions per forward/backward pass (gradient accumulation); None: all of a process's batch."""
     elbo_scheme: Literal["count", "round", "bernoulli", "d1"] = "count"
     """How the ELBO draws pick the masked tokens (``dipod.bounds.masked.draw_masks``)."""
+    score_eos: bool = True
+    """Whether a completion's first EOS is scored (masked, and counted in L) with the tokens before it. The
+    release's FPO scores only the tokens before it (paper.md §1a); what follows the EOS is never scored."""
     spg_block_length: int = Field(32, ge=1)
     """SPG block_random masking: block length."""
     prompt_mask_prob: float = Field(0.15, ge=0, lt=1)

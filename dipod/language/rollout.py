@@ -146,15 +146,20 @@ def decode_and_score(
     sampler: SamplerConfig,
     fmt: str,
     generator: torch.Generator | None,
+    *,
+    score_eos: bool = True,
 ) -> Decoded:
-    """Sample a completion for every prompt row (rows of ``examples`` in order) and score it."""
+    """Sample a completion for every prompt row (rows of ``examples`` in order) and score it.
+
+    ``score_eos``: whether ``valid`` includes the first EOS (``LanguageConfig.score_eos``).
+    """
     pad = common_padding(prompt_attn)
     prompt_ids, prompt_attn = prompt_ids[:, pad:], prompt_attn[:, pad:]
     with torch.inference_mode():
         out = sample(model, prompt_ids, sampler, attention_mask=prompt_attn, generator=generator)
     completion_ids = out.completion.clone()  # a normal tensor: inference tensors cannot enter autograd later
-    valid = completion_valid_mask(completion_ids, tokenizer.eos_token_id)
     before_eos = completion_valid_mask(completion_ids, tokenizer.eos_token_id, include_eos=False)
+    valid = completion_valid_mask(completion_ids, tokenizer.eos_token_id) if score_eos else before_eos
     # The text ends at the first EOS: what follows is filler, and must not shift positional answers.
     texts = tokenizer.batch_decode(completion_ids.masked_fill(~before_eos, tokenizer.eos_token_id))
     rewards, accuracy = task.score(texts, examples, fmt)

@@ -177,7 +177,7 @@ class LanguageTrainer:
             out = concat_decoded([
                 decode_and_score(
                     self.model, self.tokenizer, self.task, rows[mb], prompt_ids[mb], prompt_attn[mb], lang.sampler,
-                    fmt, self.generator,
+                    fmt, self.generator, score_eos=lang.score_eos,
                 )
                 for mb in self._micro_batches(len(rows))
             ])  # fmt: skip

@@ -228,6 +228,30 @@ def test_paper_scale_config_matches_release_hyperparameters():
     s = lang.sampler
     assert (s.gen_length, s.block_length, s.steps, s.temperature) == (256, 32, 128, 0.9)
     assert cfg.train.bf16 and cfg.seed == 42 and lang.data.prompt_format == "d1"
+    assert lang.elbo_scheme == "d1" and not lang.score_eos  # L = the tokens before the first EOS (paper.md §1a)
+
+
+@pytest.mark.parametrize("score_eos", [True, False])
+def test_score_eos_decides_whether_the_first_eos_is_scored(monkeypatch, score_eos):
+    import dipod.language.rollout as rollout
+    from dipod.language.sampler import SampleOut
+
+    trainer = LanguageTrainer(tiny_config(language={"score_eos": score_eos}))
+    eos, digit = trainer.tokenizer.eos_token_id, trainer.tokenizer.encode("1")[0]
+    completion = torch.full((8, 16), digit)
+    completion[:4, 5] = eos  # four rows end after 5 tokens, the others run to the end
+    completion[0, 0] = eos  # and one row is empty
+
+    def fixed_sample(model, prompt_ids, cfg, *, attention_mask=None, generator=None):
+        tokens = torch.cat([prompt_ids, completion[: prompt_ids.shape[0]]], dim=1)
+        return SampleOut(tokens, prompt_ids.shape[1], 1, torch.ones(prompt_ids.shape[0], dtype=torch.long))
+
+    monkeypatch.setattr(rollout, "sample", fixed_sample)
+    batch, _ = trainer.rollout()
+    lengths = batch.valid.sum(-1).tolist()
+    assert lengths == ([1, 6, 6, 6] if score_eos else [0, 5, 5, 5]) + [16] * 4
+    assert not (batch.draws.mask & ~batch.valid[:, None]).any()  # (B, K, L): draws mask scored tokens only
+    assert math.isfinite(trainer.update(batch)["loss"])  # an empty completion scores 0 and breaks nothing
 
 
 def test_unknown_key_names_it(tmp_path):
