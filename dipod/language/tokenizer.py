@@ -63,7 +63,23 @@ def pad_batch(
     return ids, attention_mask
 
 
-class CharTokenizer:
+class BatchCoding:
+    """``batch_encode``/``batch_decode`` for a tokenizer that has ``encode``, ``decode`` and ``pad_token_id``."""
+
+    def batch_encode(
+        self, texts: Sequence[str], *, padding_side: PaddingSide = "left", add_eos: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T) ids and (B, T) bool attention mask of ``texts``, padded with the pad id."""
+        return pad_batch(
+            [self.encode(t, add_eos=add_eos) for t in texts], pad_id=self.pad_token_id, padding_side=padding_side
+        )
+
+    def batch_decode(self, ids: torch.Tensor, *, skip_special_tokens: bool = True) -> list[str]:
+        """Texts of the rows of a (B, T) id tensor."""
+        return [self.decode(row, skip_special_tokens=skip_special_tokens) for row in ids.tolist()]
+
+
+class CharTokenizer(BatchCoding):
     """One token per character of a fixed charset, plus special tokens; for the built-in tiny model.
 
     Ids: the special tokens first (in ``specials`` order), then the charset in its order. Text with a
@@ -108,18 +124,6 @@ class CharTokenizer:
             pieces.append(self.id_to_token[i])
         return "".join(pieces)
 
-    def batch_encode(
-        self, texts: Sequence[str], *, padding_side: PaddingSide = "left", add_eos: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T) ids and (B, T) bool attention mask of ``texts``, padded with [PAD]."""
-        return pad_batch(
-            [self.encode(t, add_eos=add_eos) for t in texts], pad_id=self.pad_token_id, padding_side=padding_side
-        )
-
-    def batch_decode(self, ids: torch.Tensor, *, skip_special_tokens: bool = True) -> list[str]:
-        """Texts of the rows of a (B, T) id tensor."""
-        return [self.decode(row, skip_special_tokens=skip_special_tokens) for row in ids.tolist()]
-
     def save_pretrained(self, directory: str | Path) -> None:
         """Write ``dipod_tokenizer.json`` (charset and specials) into ``directory``."""
         directory = Path(directory)
@@ -148,7 +152,7 @@ def _config_mask_id(directory: str | Path) -> int | None:
     return int(value) if value is not None else None
 
 
-class HFTokenizer:
+class HFTokenizer(BatchCoding):
     """An ``AutoTokenizer`` loaded from a local directory, with the ids resolved once.
 
     mask id: the model config's ``mask_token_id`` (LLaDA), else the tokenizer's mask token (BERT,
@@ -196,18 +200,6 @@ class HFTokenizer:
         if isinstance(ids, torch.Tensor):
             ids = ids.tolist()
         return self.hf.decode(ids, skip_special_tokens=skip_special_tokens)
-
-    def batch_encode(
-        self, texts: Sequence[str], *, padding_side: PaddingSide = "left", add_eos: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T) ids and (B, T) bool attention mask, padded with the pad id."""
-        return pad_batch(
-            [self.encode(t, add_eos=add_eos) for t in texts], pad_id=self.pad_token_id, padding_side=padding_side
-        )
-
-    def batch_decode(self, ids: torch.Tensor, *, skip_special_tokens: bool = True) -> list[str]:
-        """Texts of the rows of a (B, T) id tensor."""
-        return [self.decode(row, skip_special_tokens=skip_special_tokens) for row in ids.tolist()]
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write the wrapped tokenizer's files into ``directory`` (``HFTokenizer(directory)`` loads them).
