@@ -35,6 +35,16 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _load_config(config: Path, overrides: list[str] | None):
+    """The validated config, or exit 2 with the one-line message that names the bad key."""
+    from dipod.config import ConfigError, load_config
+
+    try:
+        return load_config(config, overrides or [])
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_CONFIG) from None
+
+
 def _default_out(name: str) -> Path:
     """runs/NAME, or runs/NAME-2, -3, ... if that already holds something."""
     base = Path("runs") / name
@@ -55,14 +65,11 @@ def train(
 ) -> None:
     """Train a policy: writes config.yaml, metrics.jsonl, summary.json, checkpoints/ and tb/ into the run dir."""
     from dipod import trainers
-    from dipod.config import ConfigError, load_config
+    from dipod.config import ConfigError
     from dipod.runs import BadStepsError, CheckpointError, run_training
     from dipod.runs.loop import RunDirError, process_rank
 
-    try:
-        cfg = load_config(config, set_ or [])
-    except ConfigError as exc:
-        raise _fail(str(exc), EXIT_CONFIG) from None
+    cfg = _load_config(config, set_)
     if resume and out is None:
         raise _fail("--resume needs --out DIR (the run directory to continue)", EXIT_CONFIG)
     out = out or _default_out(cfg.name)
@@ -86,12 +93,7 @@ def sft(
     quiet: QuietOption = False,
 ) -> None:
     """Supervised pre-training of a base policy (language) on the task's reference solutions."""
-    from dipod.config import ConfigError, load_config
-
-    try:
-        cfg = load_config(config, set_ or [])
-    except ConfigError as exc:
-        raise _fail(str(exc), EXIT_CONFIG) from None
+    cfg = _load_config(config, set_)
     if cfg.domain != "language":
         raise _fail(f"{config}: sft trains language models; this config has domain {cfg.domain!r}", EXIT_CONFIG)
     from dipod.config import dump_config
