@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-import dipod.trainers as trainer_module
+import dipod.runs.trainers as trainer_module
 from dipod.cli import app
 from tests.runs.cli_helpers import FAKE_CLI, ROOT, cli_env, dipod, kill_during_run, rows_without_time, wait_for_rows
 from tests.runs.fake_trainer import FakeTrainer

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-from dipod.config import load_config
+from dipod.runs.config import load_config
 from dipod.control.trainer import ControlTrainer
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "control"

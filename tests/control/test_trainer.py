@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import dipod.control.trainer as trainer_module
-from dipod.config import validate_config
+from dipod.runs.config import validate_config
 from dipod.control.envs import env_seeds, make_vector_env
 from dipod.control.experiment import run_curve
 from dipod.control.trainer import ControlTrainer
