@@ -98,7 +98,7 @@ def train(
 ) -> None:
     """Train a policy: writes config.yaml, metrics.jsonl, summary.json, checkpoints/ and tb/ into the run dir."""
     from dipod.config import ConfigError
-    from dipod.runs import BadStepsError, CheckpointError, build_trainer, run_training
+    from dipod.runs import BadStepsError, CheckpointError, run_training, trainers
     from dipod.runs.loop import RunDirError, process_rank
 
     cfg = _load_config(config, set_)
@@ -109,7 +109,7 @@ def train(
     out = out or _default_out(cfg.name)
     mode = "always" if resume else "auto" if auto_resume else "never"
     try:
-        result = run_training(cfg, out, trainer_factory=build_trainer, resume=mode, quiet=quiet)
+        result = run_training(cfg, out, trainer_factory=trainers.build_trainer, resume=mode, quiet=quiet)
     except (ConfigError, RunDirError) as exc:
         raise _fail(str(exc), EXIT_CONFIG) from None
     except (CheckpointError, BadStepsError) as exc:
@@ -171,7 +171,7 @@ def eval_(
 ) -> None:
     """Evaluate a checkpoint (accuracy / return, reward, effective tokens, NFE) and write the metrics as JSON."""
     from dipod.config import ConfigError, apply_overrides
-    from dipod.runs import build_trainer, open_trainer, validate_config
+    from dipod.runs import open_trainer, trainers, validate_config
     from dipod.runs.checkpoint import CheckpointError
     from dipod.runs.rng import set_global_rng_state
 
@@ -186,7 +186,7 @@ def eval_(
     try:
         # Evaluation builds envs of its own: the trainer skips its training envs' snapshots (restore_envs=False),
         # so e.g. --set control.num_envs=... does not matter here.
-        trainer = open_trainer(cfg, build_trainer, payload, path, restore_envs=False)
+        trainer = open_trainer(cfg, trainers.build_trainer, payload, path, restore_envs=False)
     except ConfigError as exc:
         raise _fail(str(exc), EXIT_CONFIG) from None
     except CheckpointError as exc:

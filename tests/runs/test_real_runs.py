@@ -39,7 +39,7 @@ def _kill_twice_and_compare(tmp_path: Path, config: Path, overrides: list[str], 
     rng = random.Random(seed)
     kills = 0
     for _ in range(2):
-        args = ["train", config, "--out", part, "--quiet", "--resume", *_sets(overrides)]
+        args = ["train", config, "--out", part, "--quiet", "--auto-resume", *_sets(overrides)]
         kills += kill_during_run(args, part, rng.randint(1, steps - 3), fake=False, extra_sleep=rng.random() * 0.1)
     assert kills >= 1  # at least one kill landed before the run finished
     result = dipod("train", config, "--out", part, "--quiet", "--resume", *_sets(overrides), fake=False)
