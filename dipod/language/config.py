@@ -117,6 +117,12 @@ class DataConfig(BaseModel):
     countdown_numbers: int = Field(3, ge=2, le=5)
     countdown_max_number: int = Field(9, ge=1)
     countdown_max_target: int = Field(99, ge=1)
+    gsm8k_grading: Literal["exact", "numeric"] = "exact"
+    """GSM8K correctness: exact (the release: the answer string equals the text after '####') or numeric
+    (the same number: '$18', '18.0', '+18', '018', '1200' vs '1,200' count; '1,8' and non-ASCII digits do not)."""
+    math500_grading_timeout_s: float = Field(2.0, gt=0, le=600)
+    """MATH500: wall-clock limit of one answer's grading (math-verify in a child process); past it the
+    answer is graded wrong."""
 
     @model_validator(mode="after")
     def _consistent(self) -> DataConfig:

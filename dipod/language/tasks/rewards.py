@@ -15,7 +15,12 @@ from dipod.language.tasks.prompts import extract_xml_answer
 STRICT_FORMAT = r"^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n$"
 SOFT_FORMAT = r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>"
 """d1's format patterns, verbatim. Both are applied with ``re.match`` (anchored at the start of the text)."""
-_NUMBER = re.compile(r"[-+]?\$?\s*(?:\d[\d,]*(?:\.\d+)?|\.\d+)")
+_NUMBER = re.compile(
+    r"[-+]?\$?\s*(?:(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]*)?|\.[0-9]+)",
+    re.ASCII,
+)
+"""A plain number: optional sign and dollar sign, ASCII digits with commas only between groups of three
+(``1,200`` and ``12,345,678``, not ``1,8`` or ``12,34``), an optional decimal part or trailing point."""
 MAX_NUMBER_CHARS = 64
 """Numbers longer than this are not parsed (bounds the work a hostile completion can cause)."""
 
@@ -67,13 +72,18 @@ def xml_count_reward(text: str) -> float:
 
 
 def parse_number(text: str) -> Fraction | None:
-    """The number a short answer string states ('1,234', '$5', '-3.50', '7.'), exactly, or None.
+    """The number a short answer string states, exactly, or None.
 
-    Only a single number (with optional sign, currency sign and thousands commas) is accepted, so
-    '3 apples' or '1/2' are None; GSM8K answers are plain numbers.
+    Accepted: ``1,234`` (commas only as thousands separators), ``$5``, ``-3.50``, ``+18``, ``018``, ``7.``
+    and one sentence-ending period. Rejected (None): ``3 apples``, ``1/2``, ``1,8`` (a comma out of its
+    place), and digits other than ASCII 0-9 (Arabic-Indic ``١٨``, fullwidth ``１８``, superscripts): GSM8K's
+    answers are ASCII, and a model that writes other digits has not written the answer.
     """
-    text = text.strip().rstrip(".").strip()
-    if not text or len(text) > MAX_NUMBER_CHARS or not _NUMBER.fullmatch(text):
+    text = text.strip()
+    if not text or len(text) > MAX_NUMBER_CHARS:
+        return None
+    text = text.removesuffix(".")  # one sentence-ending period: "18." and "18.0." state 18
+    if not _NUMBER.fullmatch(text):
         return None
     cleaned = text.replace("$", "").replace(",", "").replace(" ", "")
     try:
@@ -82,18 +92,12 @@ def parse_number(text: str) -> Fraction | None:
         return None
 
 
-def last_number(text: str) -> Fraction | None:
-    """The last number that appears in free text, or None (fallback answer extraction)."""
-    found = _NUMBER.findall(text[-4 * MAX_NUMBER_CHARS * 16 :])
-    for candidate in reversed(found):
-        value = parse_number(candidate)
-        if value is not None:
-            return value
-    return None
-
-
 def integer_reward(text: str, weight: float = 0.5) -> float:
-    """``weight`` if the extracted answer is a string of digits (d1's ``int_reward``)."""
+    """``weight`` if the extracted answer is a string of digits (d1's ``int_reward``).
+
+    As released, ``str.isdigit`` decides, so non-ASCII digits (Arabic-Indic, fullwidth, superscripts) earn
+    this format credit too; correctness never counts them as the number (``parse_number``).
+    """
     return weight if extract_xml_answer(text).isdigit() else 0.0
 
 
