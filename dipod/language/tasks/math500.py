@@ -5,11 +5,11 @@ math-verify, plus 0.5 when a ``\\boxed{...}`` sits inside the answer tags. Predi
 math-verify's LaTeX extraction only (an ANTLR grammar, no ``eval``).
 
 Grading is bounded: each answer is graded once (``reward`` and ``accuracy`` share the result), in a
-child process (``bounded.BoundedWorker``) that is killed past ``MathExample.grading_timeout_s`` seconds of
-wall-clock time (``language.data.math500_grading_timeout_s``, 2 s by default) and fails past ``MEMORY_BYTES`` of address space, in any thread or process; a time-out,
-an out-of-memory or any failure grades the answer wrong. Only the last ``MAX_ANSWER_CHARS`` characters
-of an answer are graded. Hostile LaTeX (power towers, fractions nested 50 deep) took ~5 s and +500 MB
-per unbounded math-verify call.
+child process (``bounded.BoundedWorker``) that is killed past ``MathExample.grading_timeout_s`` seconds
+of wall-clock time (``language.data.math500_grading_timeout_s``, 2 s by default) and fails past
+``MEMORY_BYTES`` of address space, in any thread or process; a time-out, an out-of-memory or any failure
+grades the answer wrong. Only the last ``MAX_ANSWER_CHARS`` characters of an answer are graded. Hostile
+LaTeX (power towers, fractions nested 50 deep) took ~5 s and +500 MB per unbounded math-verify call.
 
 Differences from the release (``correctness_reward_func_math`` + ``boxed_and_answer_tags_format_reward``):
 - correctness: the release compares the last ``\\boxed{}`` anywhere in the completion with the last one
