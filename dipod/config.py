@@ -50,9 +50,13 @@ class ObjectiveConfig(Strict):
     eubo_beta: float = Field(1.5, gt=0)
     """SPG: Renyi power beta_E of the EUBO proxy."""
     log_ratio_max: float = Field(3.0, gt=0)
-    """FPO++: straight-through clamp on the per-draw log ratio."""
+    """FPO++: straight-through clamp on the per-draw log ratio (the release's ``cfm_diff_clamp_max``: 3 in its
+    motion-tracking config, which dipod follows; 10 is its config class's default)."""
     neg_adv_cfm_clamp: float | None = Field(20.0, gt=0)
-    """FPO++: clamp on the current CFM loss for negative advantages (None disables)."""
+    """FPO++: clamp on the current CFM loss for negative advantages (None disables; the release's 20)."""
+    cfm_loss_clamp: float | None = Field(None, gt=0)
+    """FPO++: clamp on both the old and the current CFM losses (the release's ``cfm_loss_clamp``; None
+    disables, as its motion-tracking config does with -1; its config class's default is 20)."""
     trust_region: Literal["aspo", "ppo"] = "aspo"
     """FPO++: ASPO (PPO clip for A > 0, SPO for A < 0) or plain PPO clipping."""
 

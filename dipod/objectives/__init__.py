@@ -74,6 +74,7 @@ def _fpo_pp_control(cfm_new: torch.Tensor, cfm_old: torch.Tensor, adv: torch.Ten
         clip=cfg.clip_high,
         log_ratio_max=cfg.log_ratio_max,
         neg_adv_cfm_clamp=cfg.neg_adv_cfm_clamp,
+        cfm_loss_clamp=cfg.cfm_loss_clamp,
         trust_region=cfg.trust_region,
     )
 
