@@ -42,11 +42,10 @@ class ModelConfig(BaseModel):
     lora_r: int = Field(8, ge=1)
     lora_alpha: float = Field(16.0, gt=0)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
-    lora_target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
-    )
-    """Module names that get adapters (the tiny model's names; LLaDA: q_proj k_proj v_proj attn_out ff_proj
-    up_proj ff_out)."""
+    lora_target_modules: list[str] | None = None
+    """Module names that get adapters; None: the tiny model's attention and MLP projections, or peft's
+    defaults for an hf model's architecture (BERT: query value; LLaMA: q_proj v_proj). LLaDA, which peft
+    does not know, needs them named (q_proj k_proj v_proj attn_out ff_proj up_proj ff_out)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
@@ -54,8 +53,8 @@ class ModelConfig(BaseModel):
             raise ValueError("model.kind is 'hf' but model.path is not set (a local directory)")
         if self.kind == "tiny" and self.n_embd % self.n_head:
             raise ValueError(f"model.n_embd = {self.n_embd} must be divisible by model.n_head = {self.n_head}")
-        if not self.lora_target_modules:
-            raise ValueError("model.lora_target_modules is empty")
+        if self.lora_target_modules is not None and not self.lora_target_modules:
+            raise ValueError("model.lora_target_modules is empty (leave it unset for the architecture's defaults)")
         return self
 
 

@@ -76,7 +76,10 @@ class HFMaskedLM(nn.Module):
 
         path = str(path)
         if not Path(path).is_dir():
-            raise FileNotFoundError(f"model path {path} is not a local directory")
+            raise FileNotFoundError(
+                f"model.path {path!r} is not an existing local directory; hf models load from a local directory "
+                "only (nothing is downloaded)"
+            )
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
