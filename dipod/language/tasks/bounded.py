@@ -8,7 +8,9 @@ process:
 - the child is a fresh interpreter (``subprocess`` with ``python -P worker.py``: no fork of a process
   that holds threads, no re-import of the caller's ``__main__``), started once and reused;
 - each call sends one JSON line and waits at most ``timeout_s`` for the answer line; past it the child
-  is killed (SIGKILL), a replacement starts in the background, and the call returns ``default``;
+  is killed (SIGKILL) and the call returns ``default``. A spare child, started with the first and kept
+  warm, takes over at once, and a new spare starts in the background: a call after a killed one does
+  not wait for a fresh interpreter's imports, so each call's wall-clock time stays near ``timeout_s``;
 - the child's address space is capped (``RLIMIT_AS``), so a call that needs more fails inside the child
   (``MemoryError``) and returns ``default`` too;
 - calls from several threads take turns (a lock); a forked copy of the owning process starts its own
@@ -42,13 +44,15 @@ class BoundedWorker:
 
     def __init__(self, worker_path: str | Path, *, memory_bytes: int) -> None:
         """Args:
-        worker_path: a script that answers JSON-line requests (see ``serve``).
+        worker_path: a script that answers JSON-line requests (the protocol above).
         memory_bytes: the child's address-space limit (``RLIMIT_AS``), imports included.
         """
         self.worker_path = str(worker_path)
         self.memory_bytes = int(memory_bytes)
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
+        self._spare: subprocess.Popen | None = None
+        """Started with the first child, so that a kill swaps in a child that has done its imports."""
         self._ready = False
         self._owner_pid = os.getpid()
         self._buffer = b""
@@ -59,7 +63,8 @@ class BoundedWorker:
         seconds, runs out of memory, raises, or the child dies. Never raises."""
         with self._lock:
             if os.getpid() != self._owner_pid:  # a forked copy: the pipes belong to the parent
-                self._proc, self._ready, self._buffer, self._owner_pid = None, False, b"", os.getpid()
+                self._proc, self._spare, self._ready, self._buffer = None, None, False, b""
+                self._owner_pid = os.getpid()
             try:
                 if not self._ensure_ready():
                     return default
@@ -70,45 +75,60 @@ class BoundedWorker:
                 line = self._read_line(time.monotonic() + timeout_s)
             except (OSError, ValueError):  # a broken pipe: the child died
                 line = None
-            if line is None:
+            try:
+                reply = None if line is None else json.loads(line)
+            except ValueError:  # not a reply: the child broke the protocol
+                reply = None
+            if not isinstance(reply, dict):
                 self._restart()
                 return default
-            reply = json.loads(line)
-            return reply["result"] if reply.get("ok") else default
+            return reply.get("result", default) if reply.get("ok") else default
 
     def close(self) -> None:
-        """Stop the child (also at interpreter exit)."""
-        proc, self._proc, self._ready = self._proc, None, False
-        if proc is not None and os.getpid() == self._owner_pid:
-            proc.kill()
-            proc.wait()
-            for stream in (proc.stdin, proc.stdout):
-                if stream is not None:
-                    stream.close()
+        """Stop the children (also at interpreter exit)."""
+        self._kill(self._proc)
+        self._kill(self._spare)
+        self._proc, self._spare, self._ready = None, None, False
 
-    def _start(self) -> None:
+    def _kill(self, proc: subprocess.Popen | None) -> None:
+        if proc is None or os.getpid() != self._owner_pid:
+            return
+        proc.kill()
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                stream.close()
+
+    def _spawn(self) -> subprocess.Popen:
         env = {**os.environ, "DIPOD_WORKER_MEMORY_BYTES": str(self.memory_bytes), "OMP_NUM_THREADS": "1"}
-        self._proc = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-P", self.worker_path],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             env=env,
         )
-        self._ready, self._buffer = False, b""
 
     def _restart(self) -> None:
-        """Kill the child and start its replacement now, so it imports while the caller goes on."""
-        self.close()
-        self._start()
+        """Kill the child; the warm spare (if alive) takes over, and a new spare starts importing."""
+        self._kill(self._proc)
+        spare_alive = self._spare is not None and self._spare.poll() is None
+        self._proc = self._spare if spare_alive else self._spawn()
+        self._spare = self._spawn()
+        self._ready, self._buffer = False, b""
 
     def _ensure_ready(self) -> bool:
         if self._proc is None or self._proc.poll() is not None:
-            self._start()
+            self._kill(self._proc)
+            self._proc, self._ready, self._buffer = self._spawn(), False, b""
+        if self._spare is None or self._spare.poll() is not None:
+            self._kill(self._spare)
+            self._spare = self._spawn()
         if not self._ready:
             self._ready = self._read_line(time.monotonic() + STARTUP_TIMEOUT_S) == b"ready"
             if not self._ready:
-                self.close()
+                self._kill(self._proc)
+                self._proc = None
         return self._ready
 
     def _read_line(self, deadline: float) -> bytes | None:
