@@ -16,7 +16,7 @@ import pytest
 
 from dipod.language.config import DataConfig
 from dipod.language.rollout import ExampleSource
-from dipod.language.tasks import countdown, get_task, gsm8k, math500, sudoku
+from dipod.language.tasks import countdown, get_task, gsm8k, math500, sample_path, sudoku
 from dipod.language.tasks.arith import evaluate
 from dipod.language.tasks.bounded import BoundedWorker
 from dipod.language.tasks.prompts import answer_in_tags, d1_completion
@@ -99,6 +99,24 @@ def test_example_source_applies_the_data_config_grading(tmp_path):
         assert {ex.grading for ex in examples} == {grading}
         rewards, _ = task.score(["1200"] * len(examples), examples, "compact")
         assert rewards.tolist() == [2.0 if grading == "numeric" else 0.0] * len(examples)
+
+
+def test_data_config_grading_fields_are_checked():
+    from pydantic import ValidationError
+
+    assert DataConfig().gsm8k_grading == "exact" and DataConfig().math500_grading_timeout_s == 2.0
+    with pytest.raises(ValidationError, match="gsm8k_grading"):
+        DataConfig(gsm8k_grading="fuzzy")
+    with pytest.raises(ValidationError, match="math500_grading_timeout_s"):
+        DataConfig(math500_grading_timeout_s=0)
+
+
+def test_example_source_applies_the_math500_time_limit():
+    task = get_task("math500")
+    shipped = str(sample_path(task.sample_file))
+    data = DataConfig(train_path=shipped, eval_path=shipped, eval_size=2, math500_grading_timeout_s=0.75)
+    source = ExampleSource(task, data)
+    assert {ex.grading_timeout_s for ex in [*source.eval_examples, *source.train_pool]} == {0.75}
 
 
 # --------------------------------------------------------------------------- Sudoku
@@ -237,6 +255,7 @@ def test_answer_in_tags_is_linear_on_unclosed_tags():
 
 def test_math_hostile_latex_is_graded_wrong_within_the_time_limit():
     ex = math500.MathExample(problem="p", answer="3", grading_timeout_s=1.0)
+    assert math500.accuracy("3", ex, "compact") == 1.0  # the grading process has started (not timed here)
     tower = "2^{" * 200 + "2" + "}" * 200
     start = time.perf_counter()
     assert math500.reward(d1_completion("r", tower), ex, "d1") == 0.0
@@ -247,6 +266,7 @@ def test_math_hostile_latex_is_graded_wrong_within_the_time_limit():
 
 def test_math_time_limit_holds_outside_the_main_thread():
     ex = math500.MathExample(problem="p", answer="3", grading_timeout_s=1.0)
+    assert math500.accuracy("3", ex, "compact") == 1.0  # the grading process has started (not timed here)
     nested = "\\frac{1}{" * 60 + "2" + "}" * 60 + "+" + "2^{" * 150 + "2" + "}" * 150
     out: list[tuple[float, float]] = []
 
