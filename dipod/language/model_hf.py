@@ -66,6 +66,10 @@ class HFMaskedLM(nn.Module):
     ) -> HFMaskedLM:
         """Load from a local directory (never from a hub).
 
+        An encoder saved without its masked-LM head (a plain ``BertModel`` checkpoint) loads with
+        transformers' report of missing head weights, which it initialises fresh: expected, and the head
+        then starts untrained.
+
         Args:
             tokenizer: supplies the mask, pad and EOS ids.
             trust_remote_code: run the model's own code through ``AutoModel`` (LLaDA, Dream);

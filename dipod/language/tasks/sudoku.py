@@ -9,6 +9,7 @@ all of its givens.
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -162,13 +163,7 @@ def answer_digits(text: str, fmt: str) -> str:
     answer = text if fmt == "compact" else answer_in_tags(text)
     if answer is None:
         return ""
-    digits: list[str] = []
-    for ch in answer:
-        if ch.isdigit():
-            digits.append(ch)
-            if len(digits) == CELLS:
-                break
-    return "".join(digits)
+    return "".join(itertools.islice(filter(str.isdigit, answer), CELLS))
 
 
 def reward(text: str, ex: SudokuExample, fmt: str) -> float:
