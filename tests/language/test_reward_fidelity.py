@@ -18,7 +18,7 @@ from dipod.language.config import DataConfig
 from dipod.language.rollout import ExampleSource
 from dipod.language.tasks import countdown, get_task, gsm8k, math500, sample_path, sudoku
 from dipod.language.tasks.arith import evaluate
-from dipod.language.tasks.bounded import BoundedWorker
+from dipod.language.tasks.bounded import BoundedWorker, WorkerStartError
 from dipod.language.tasks.prompts import answer_in_tags, d1_completion
 from dipod.language.tasks.rewards import integer_reward, parse_number
 
@@ -350,6 +350,15 @@ def test_bounded_worker_memory_limit_and_failures_return_the_default(worker):
     assert worker.call("allocate", [2048], timeout_s=30, default="no memory") == "no memory"
     assert worker.call("fail", [], timeout_s=30, default="failed") == "failed"
     assert worker.call("allocate", [16], timeout_s=30, default=None) == 16 << 20  # the same child goes on
+
+
+def test_bounded_worker_that_cannot_start_says_why(tmp_path):
+    script = tmp_path / "broken.py"
+    script.write_text("import no_such_grading_module\n")
+    broken = BoundedWorker(script, memory_bytes=512 << 20)
+    with pytest.raises(WorkerStartError, match=r"broken\.py did not start(.|\n)*no_such_grading_module"):
+        broken.call("anything", [], timeout_s=5, default=None)
+    broken.close()
 
 
 def test_bounded_worker_serves_several_threads(worker):

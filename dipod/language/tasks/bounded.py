@@ -14,7 +14,10 @@ process:
 - the child's address space is capped (``RLIMIT_AS``), so a call that needs more fails inside the child
   (``MemoryError``) and returns ``default`` too;
 - calls from several threads take turns (a lock); a forked copy of the owning process starts its own
-  child rather than sharing the parent's pipes.
+  child rather than sharing the parent's pipes;
+- a child that cannot start (its imports fail, or it does not say ``ready`` within ``STARTUP_TIMEOUT_S``)
+  raises ``WorkerStartError`` with the child's error output: a broken environment, unlike a hostile
+  answer, must not turn every grade into a silent "wrong".
 
 The child is a stand-alone script (``math_worker.py``): it imports only what its functions need, not
 dipod. Its protocol: after its imports it prints ``ready``; then for each request line
@@ -30,13 +33,20 @@ import os
 import select
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 STARTUP_TIMEOUT_S = 120.0
-"""How long a fresh child may take to import its modules before calls give up on it (sympy takes ~1 s)."""
+"""How long a fresh child may take to import its modules before it counts as broken (sympy takes ~1 s)."""
+ERROR_TAIL_CHARS = 2000
+"""How much of a broken child's error output ``WorkerStartError`` quotes."""
+
+
+class WorkerStartError(RuntimeError):
+    """The grading process could not start; the message names the script and quotes its error output."""
 
 
 class BoundedWorker:
@@ -54,20 +64,21 @@ class BoundedWorker:
         self._spare: subprocess.Popen | None = None
         """Started with the first child, so that a kill swaps in a child that has done its imports."""
         self._ready = False
+        self._errors: dict[int, Any] = {}
+        """Each child's error output (a temporary file), by process id."""
         self._owner_pid = os.getpid()
         self._buffer = b""
         atexit.register(self.close)
 
     def call(self, name: str, args: list[Any], *, timeout_s: float, default: Any) -> Any:
         """``FUNCTIONS[name](*args)`` in the child, or ``default`` when it takes longer than ``timeout_s``
-        seconds, runs out of memory, raises, or the child dies. Never raises."""
+        seconds, runs out of memory, raises, or the child dies. Raises only ``WorkerStartError``."""
         with self._lock:
             if os.getpid() != self._owner_pid:  # a forked copy: the pipes belong to the parent
-                self._proc, self._spare, self._ready, self._buffer = None, None, False, b""
+                self._proc, self._spare, self._ready, self._buffer, self._errors = None, None, False, b"", {}
                 self._owner_pid = os.getpid()
+            self._ensure_ready()
             try:
-                if not self._ensure_ready():
-                    return default
                 request = json.dumps({"name": name, "args": args}) + "\n"
                 assert self._proc is not None and self._proc.stdin is not None
                 self._proc.stdin.write(request.encode())
@@ -95,19 +106,22 @@ class BoundedWorker:
             return
         proc.kill()
         proc.wait()
-        for stream in (proc.stdin, proc.stdout):
+        for stream in (proc.stdin, proc.stdout, self._errors.pop(proc.pid, None)):
             if stream is not None:
                 stream.close()
 
     def _spawn(self) -> subprocess.Popen:
         env = {**os.environ, "DIPOD_WORKER_MEMORY_BYTES": str(self.memory_bytes), "OMP_NUM_THREADS": "1"}
-        return subprocess.Popen(
+        errors = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the child; a file, not a pipe, so a chatty child never blocks
+        proc = subprocess.Popen(
             [sys.executable, "-P", self.worker_path],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=errors,
             env=env,
         )
+        self._errors[proc.pid] = errors
+        return proc
 
     def _restart(self) -> None:
         """Kill the child; the warm spare (if alive) takes over, and a new spare starts importing."""
@@ -117,19 +131,34 @@ class BoundedWorker:
         self._spare = self._spawn()
         self._ready, self._buffer = False, b""
 
-    def _ensure_ready(self) -> bool:
+    def _ensure_ready(self) -> None:
+        """A started child that has said ``ready`` (and a spare on its way), or ``WorkerStartError``."""
         if self._proc is None or self._proc.poll() is not None:
             self._kill(self._proc)
             self._proc, self._ready, self._buffer = self._spawn(), False, b""
         if self._spare is None or self._spare.poll() is not None:
             self._kill(self._spare)
             self._spare = self._spawn()
+        if self._ready:
+            return
+        self._ready = self._read_line(time.monotonic() + STARTUP_TIMEOUT_S) == b"ready"
         if not self._ready:
-            self._ready = self._read_line(time.monotonic() + STARTUP_TIMEOUT_S) == b"ready"
-            if not self._ready:
-                self._kill(self._proc)
-                self._proc = None
-        return self._ready
+            message = self._error_tail(self._proc)
+            self.close()
+            raise WorkerStartError(
+                f"the grading process {self.worker_path} did not start (no 'ready' within {STARTUP_TIMEOUT_S:.0f} s "
+                f"or it exited); its error output ends with:\n{message}"
+            )
+
+    def _error_tail(self, proc: subprocess.Popen | None) -> str:
+        errors = None if proc is None else self._errors.get(proc.pid)
+        if errors is None:
+            return ""
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        errors.seek(0)
+        return errors.read().decode(errors="replace")[-ERROR_TAIL_CHARS:]
 
     def _read_line(self, deadline: float) -> bytes | None:
         """One line from the child, or None at the deadline or at end of file."""

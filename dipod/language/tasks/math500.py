@@ -85,7 +85,8 @@ def equivalent(predicted: str, reference: str, *, timeout_s: float = DEFAULT_TIM
     out of memory, or any failure.
 
     Runs in the bounded grading process, on the last ``MAX_ANSWER_CHARS`` characters of ``predicted``.
-    Results are cached, so ``reward`` and ``accuracy`` of one completion grade it once.
+    Results are cached, so ``reward`` and ``accuracy`` of one completion grade it once. Raises
+    ``bounded.WorkerStartError`` only when the grading process cannot start (a broken environment).
     """
     if not isinstance(predicted, str) or not isinstance(reference, str):
         return False
