@@ -374,6 +374,94 @@ def test_bounded_worker_serves_several_threads(worker):
     assert results == [0.01] * 4
 
 
+# --------------------------------------------------------------------------- the release's rules on fuzzed text
+
+
+def _release_xml_answer(text: str) -> str:
+    return text.split("<answer>")[-1].split("</answer>")[0].strip()
+
+
+def _release_gsm8k(text: str, reference: str) -> float:
+    """The sum of the release's five GSM8K reward functions (d1's ``reward_func.py``), restated."""
+    import re
+
+    answer = _release_xml_answer(text)
+    total = 2.0 if answer == reference else 0.0
+    total += 0.5 if answer.isdigit() else 0.0
+    total += 0.5 if re.match(r"^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n$", text) else 0.0
+    total += 0.5 if re.match(r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>", text) else 0.0
+    count = 0.0
+    if text.count("<reasoning>\n") == 1:
+        count += 0.125
+    if text.count("\n</reasoning>\n") == 1:
+        count += 0.125
+    if text.count("\n<answer>\n") == 1:
+        count += 0.125 - len(text.split("\n</answer>\n")[-1]) * 0.001
+    if text.count("\n</answer>") == 1:
+        count += 0.125 - (len(text.split("\n</answer>")[-1]) - 1) * 0.001
+    return total + count
+
+
+def _release_sudoku(text: str, puzzle: str, solution: str) -> float:
+    """The release's ``sudoku_reward_func`` for one completion, restated."""
+    import re
+
+    found = re.findall(r"<answer>(.*?)</answer>", text, re.DOTALL)
+    if not found:
+        return 0.0
+    digits = "".join(ch for ch in found[-1].strip() if ch.isdigit())
+    if not digits:
+        return 0.0
+    digits = (digits + "0" * 16)[:16]
+    blanks = [i for i in range(16) if puzzle[i] == "0"]
+    return sum(digits[i] == solution[i] for i in blanks) / len(blanks) if blanks else 0.0
+
+
+def test_gsm8k_exact_grading_equals_the_release_on_fuzzed_text():
+    for reference in ("18", "1,200"):
+        ex = gsm8k.GSM8KExample(question="q", answer=reference)
+        for text in [*_fuzz_strings(3000, seed=11), *(_d1(w) for w in ("18", "1,200", "1200", "$18", "18.0"))]:
+            assert gsm8k.reward(text, ex, "d1") == pytest.approx(_release_gsm8k(text, reference)), text
+
+
+def test_sudoku_reward_equals_the_release_on_fuzzed_text():
+    rng = np.random.default_rng(3)
+    grids = ["".join(rng.choice(list("0123456789\u0661"), size=16)) for _ in range(300)]
+    texts = [*_fuzz_strings(3000, seed=12), *(f"<answer>{g}</answer>" for g in grids), f"<answer>{SOLUTION}</answer>"]
+    for puzzle in (PUZZLE, SOLUTION):
+        ex = sudoku.SudokuExample(puzzle, SOLUTION)
+        for text in texts:
+            assert sudoku.reward(text, ex, "d1") == pytest.approx(_release_sudoku(text, puzzle, SOLUTION)), text
+
+
+def test_countdown_differs_from_the_release_only_where_documented():
+    # dipod and the release agree on every answer dipod's parser accepts; where the release scores 1.0 and
+    # dipod does not, the answer uses a documented difference (unary minus, **, //, a decimal point); each
+    # given number is used once, so the release's eval of ** stays small
+    rng = np.random.default_rng(5)
+    pieces = ["3", "5", "7", "03", "(", ")", "+", "-", "*", "/", "//", ".", " ", "=", "22"]
+    for _ in range(5000):
+        answer = "".join(pieces[i] for i in rng.integers(0, len(pieces), size=int(rng.integers(1, 12))))
+        ours = countdown.reward(f"<answer>{answer}</answer>", CD, "d1")
+        release = _release_countdown_score(answer, CD.nums, CD.target)
+        if evaluate(answer) is not None:
+            assert ours == release, answer
+        elif release != ours:
+            assert release == 1.0 and ours == countdown.FORMAT_REWARD, answer
+            compact = answer.replace(" ", "")
+            assert (
+                "**" in compact
+                or "//" in compact
+                or "." in compact
+                or compact.startswith("-")
+                or "(-" in compact
+                or any(op + "-" in compact for op in "+-*/")
+            ), answer
+
+
+CD = countdown.CountdownExample(nums=(3, 5, 7), target=22)
+
+
 # --------------------------------------------------------------------------- fuzz (slow)
 
 
