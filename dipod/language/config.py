@@ -119,6 +119,9 @@ class DataConfig(BaseModel):
     gsm8k_grading: Literal["exact", "numeric"] = "exact"
     """GSM8K correctness: exact (the release: the answer string equals the text after '####') or numeric
     (the same number: '$18', '18.0', '+18', '018', '1200' vs '1,200' count; '1,8' and non-ASCII digits do not)."""
+    gsm8k_xml_count: Literal["d1", "spg"] = "d1"
+    """GSM8K's XML-count reward as in the release's d1 code (its FPO runs), or as in its SPG code, whose copy
+    penalises the text after the opening answer tag rather than after the closing one (its SPG runs)."""
     math500_grading_timeout_s: float = Field(2.0, gt=0, le=600)
     """MATH500: wall-clock limit of one answer's grading (math-verify in a child process); past it the
     answer is graded wrong."""

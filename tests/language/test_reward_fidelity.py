@@ -92,11 +92,13 @@ def test_example_source_applies_the_data_config_grading(tmp_path):
     path = tmp_path / "g.jsonl"
     path.write_text('{"question": "q", "answer": "r #### 1,200"}\n')
     task = get_task("gsm8k")
-    for grading in ("exact", "numeric"):
-        data = DataConfig(train_path=str(path), eval_path=str(path), eval_size=1, gsm8k_grading=grading)
+    for grading, code in (("exact", "spg"), ("numeric", "d1")):
+        data = DataConfig(
+            train_path=str(path), eval_path=str(path), eval_size=1, gsm8k_grading=grading, gsm8k_xml_count=code
+        )
         source = ExampleSource(task, data)
         examples = [*source.eval_examples, *source.draw(3, np.random.default_rng(0))]
-        assert {ex.grading for ex in examples} == {grading}
+        assert {ex.grading for ex in examples} == {grading} and {ex.xml_count for ex in examples} == {code}
         rewards, _ = task.score(["1200"] * len(examples), examples, "compact")
         assert rewards.tolist() == [2.0 if grading == "numeric" else 0.0] * len(examples)
 
@@ -107,6 +109,8 @@ def test_data_config_grading_fields_are_checked():
     assert DataConfig().gsm8k_grading == "exact" and DataConfig().math500_grading_timeout_s == 2.0
     with pytest.raises(ValidationError, match="gsm8k_grading"):
         DataConfig(gsm8k_grading="fuzzy")
+    with pytest.raises(ValidationError, match="gsm8k_xml_count"):
+        DataConfig(gsm8k_xml_count="trl")
     with pytest.raises(ValidationError, match="math500_grading_timeout_s"):
         DataConfig(math500_grading_timeout_s=0)
 
@@ -381,8 +385,8 @@ def _release_xml_answer(text: str) -> str:
     return text.split("<answer>")[-1].split("</answer>")[0].strip()
 
 
-def _release_gsm8k(text: str, reference: str) -> float:
-    """The sum of the release's five GSM8K reward functions (d1's ``reward_func.py``), restated."""
+def _release_gsm8k(text: str, reference: str, code: str = "d1") -> float:
+    """The sum of the release's five GSM8K reward functions (``reward_func.py`` of its d1 or SPG code), restated."""
     import re
 
     answer = _release_xml_answer(text)
@@ -396,7 +400,8 @@ def _release_gsm8k(text: str, reference: str) -> float:
     if text.count("\n</reasoning>\n") == 1:
         count += 0.125
     if text.count("\n<answer>\n") == 1:
-        count += 0.125 - len(text.split("\n</answer>\n")[-1]) * 0.001
+        after = "\n</answer>\n" if code == "d1" else "\n<answer>\n"  # the SPG copy splits on the opening tag
+        count += 0.125 - len(text.split(after)[-1]) * 0.001
     if text.count("\n</answer>") == 1:
         count += 0.125 - (len(text.split("\n</answer>")[-1]) - 1) * 0.001
     return total + count
@@ -418,10 +423,15 @@ def _release_sudoku(text: str, puzzle: str, solution: str) -> float:
 
 
 def test_gsm8k_exact_grading_equals_the_release_on_fuzzed_text():
-    for reference in ("18", "1,200"):
-        ex = gsm8k.GSM8KExample(question="q", answer=reference)
-        for text in [*_fuzz_strings(3000, seed=11), *(_d1(w) for w in ("18", "1,200", "1200", "$18", "18.0"))]:
-            assert gsm8k.reward(text, ex, "d1") == pytest.approx(_release_gsm8k(text, reference)), text
+    texts = [*_fuzz_strings(3000, seed=11), *(_d1(w) for w in ("18", "1,200", "1200", "$18", "18.0"))]
+    for code in ("d1", "spg"):
+        for reference in ("18", "1,200"):
+            ex = gsm8k.GSM8KExample(question="q", answer=reference, xml_count=code)
+            for text in texts:
+                assert gsm8k.reward(text, ex, "d1") == pytest.approx(_release_gsm8k(text, reference, code)), text
+    # the two copies differ: SPG's also penalises the 13 characters after the opening tag, "18\n</answer>\n"
+    strict = _d1("18")
+    assert _release_gsm8k(strict, "18", "spg") == pytest.approx(_release_gsm8k(strict, "18", "d1") - 0.013)
 
 
 def test_sudoku_reward_equals_the_release_on_fuzzed_text():

@@ -25,6 +25,7 @@ from dipod.language.tasks.base import Task
 from dipod.language.tasks.data import as_text
 from dipod.language.tasks.prompts import d1_completion, d1_prompt, extract_xml_answer
 from dipod.language.tasks.rewards import (
+    XmlCount,
     integer_reward,
     parse_number,
     soft_format_reward,
@@ -47,10 +48,14 @@ class GSM8KExample:
     """The worked solution before '####', calculator annotations removed."""
     grading: Grading = "exact"
     """How correctness is graded: ``exact`` string match (the release) or ``numeric`` equivalence."""
+    xml_count: XmlCount = "d1"
+    """Which copy of the XML-count reward: the release's d1 code (FPO runs) or its SPG code (SPG runs)."""
 
     def __post_init__(self) -> None:
         if self.grading not in GRADINGS:
             raise ValueError(f"unknown GSM8K grading {self.grading!r}; choose one of: {', '.join(GRADINGS)}")
+        if self.xml_count not in ("d1", "spg"):
+            raise ValueError(f"unknown GSM8K xml_count {self.xml_count!r}; choose one of: d1, spg")
 
 
 def split_answer(text: str) -> tuple[str, str]:
@@ -85,8 +90,8 @@ def target(ex: GSM8KExample, fmt: str) -> str:
 
 
 def with_data_options(ex: GSM8KExample, data: Any) -> GSM8KExample:
-    """``ex`` graded as ``data.gsm8k_grading`` (``DataConfig``) says."""
-    return replace(ex, grading=data.gsm8k_grading)
+    """``ex`` graded as ``data.gsm8k_grading`` and ``data.gsm8k_xml_count`` (``DataConfig``) say."""
+    return replace(ex, grading=data.gsm8k_grading, xml_count=data.gsm8k_xml_count)
 
 
 def is_correct(text: str, ex: GSM8KExample, fmt: str) -> bool:
@@ -108,7 +113,11 @@ def reward(text: str, ex: GSM8KExample, fmt: str) -> float:
     if fmt == "compact":
         return correct
     return (
-        correct + integer_reward(text) + strict_format_reward(text) + soft_format_reward(text) + xml_count_reward(text)
+        correct
+        + integer_reward(text)
+        + strict_format_reward(text)
+        + soft_format_reward(text)
+        + xml_count_reward(text, variant=ex.xml_count)
     )
 
 

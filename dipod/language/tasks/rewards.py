@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from fractions import Fraction
+from typing import Literal
 
 from dipod.language.tasks.prompts import extract_xml_answer
 
@@ -51,12 +52,20 @@ def soft_format_reward(text: str, weight: float = 0.5, *, dotall: bool = False) 
     return weight if _format_match(SOFT_FORMAT, text, dotall) else 0.0
 
 
-def xml_count_reward(text: str) -> float:
+XmlCount = Literal["d1", "spg"]
+
+
+def xml_count_reward(text: str, *, variant: XmlCount = "d1") -> float:
     """Partial credit for each of the four tags on its own line (0.125 each), minus 0.001 per trailing char.
 
     The d1/GRPO "xmlcount" reward: it rewards the structure before the model gets the whole format
-    right, and penalises text after the closing answer tag.
+    right, and penalises text after the closing answer tag. ``variant="spg"`` is the copy in the release's
+    SPG code, whose first penalty counts the text after ``\\n<answer>\\n`` (the answer and everything
+    after it) instead of the text after ``\\n</answer>\\n``.
     """
+    if variant not in ("d1", "spg"):
+        raise ValueError(f"unknown xml count variant {variant!r}; expected 'd1' or 'spg'")
+    after_answer = "\n</answer>\n" if variant == "d1" else "\n<answer>\n"
     score = 0.0
     if text.count("<reasoning>\n") == 1:
         score += 0.125
@@ -64,7 +73,7 @@ def xml_count_reward(text: str) -> float:
         score += 0.125
     if text.count("\n<answer>\n") == 1:
         score += 0.125
-        score -= len(text.split("\n</answer>\n")[-1]) * 0.001
+        score -= len(text.split(after_answer)[-1]) * 0.001
     if text.count("\n</answer>") == 1:
         score += 0.125
         score -= (len(text.split("\n</answer>")[-1]) - 1) * 0.001
