@@ -476,31 +476,39 @@ CD = countdown.CountdownExample(nums=(3, 5, 7), target=22)
 
 
 def _fuzz_strings(n: int, seed: int) -> list[str]:
-    """Random strings built from the pieces rewards react to: tags, digits (ASCII and not), operators, LaTeX."""
+    """``n`` distinct random strings built from the pieces rewards react to: tags, digits (ASCII and not),
+    operators, LaTeX, code, control characters."""
     rng = np.random.default_rng(seed)
     pieces = [
         "<answer>", "</answer>", "<reasoning>", "</reasoning>", "\n", " ", "####", "\\boxed{", "\\frac{", "}", "{",
         "^{", "(", ")", "+", "-", "*", "/", "**", "//", ".", ",", "$", "=", "0", "1", "7", "12", "1,200", "99999",
         "\u0661", "\uff11", "\u00b2", "x", "__import__('os')", "nan", "inf", "\x00", "\ud7ff", "1e309",
     ]  # fmt: skip
-    out = []
-    for _ in range(n):
+    out: dict[str, None] = {}  # insertion-ordered set
+    while len(out) < n:
         k = int(rng.integers(0, 40))
-        out.append("".join(pieces[i] for i in rng.integers(0, len(pieces), size=k)))
-    return out
+        out["".join(pieces[i] for i in rng.integers(0, len(pieces), size=k))] = None
+    return list(out)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["sudoku", "countdown", "gsm8k", "math500"])
-def test_fuzz_rewards_are_finite_bounded_and_never_raise(name):
+def test_fuzz_rewards_are_finite_bounded_never_raise_and_execute_nothing(name, monkeypatch):
+    import builtins
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a reward called eval or exec")
+
     task = get_task(name)
     ex = task.load_sample()[0]
     if name == "math500":
         ex = math500.MathExample(problem=ex.problem, answer=ex.answer, grading_timeout_s=0.5)
     top = {"sudoku": 1.0, "countdown": 1.0, "gsm8k": 4.0, "math500": 2.5}[name]
     strings = _fuzz_strings(10_000, seed=sorted(["sudoku", "countdown", "gsm8k", "math500"]).index(name))
-    if name == "math500":
-        strings = list(dict.fromkeys(strings))[:10_000]
+    assert len(set(strings)) == 10_000
+    task.score([task.target(ex, "d1"), "x"], [ex, ex], "d1")  # imports (which exec module code) happen first
+    monkeypatch.setattr(builtins, "eval", forbidden)  # in this process no reward may execute text
+    monkeypatch.setattr(builtins, "exec", forbidden)
     for fmt in ("compact", "d1"):
         for text in strings:
             value, acc = task.reward(text, ex, fmt), task.accuracy(text, ex, fmt)
