@@ -365,6 +365,27 @@ def test_bounded_worker_that_cannot_start_says_why(tmp_path):
     broken.close()
 
 
+def test_bounded_worker_works_with_descriptors_past_1024(tmp_path):
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the hard limit on open files is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200) if hard == resource.RLIM_INFINITY else hard, hard))
+    held = [os.dup(0) for _ in range(1100)]  # the worker's pipes now get descriptors above 1024
+    try:
+        script = tmp_path / "worker.py"
+        script.write_text(WORKER_SCRIPT)
+        bounded = BoundedWorker(script, memory_bytes=512 << 20)
+        assert bounded.call("sleep", [0], timeout_s=30, default="failed") == 0
+        bounded.close()
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def test_bounded_worker_serves_several_threads(worker):
     results: list[int] = []
     threads = [

@@ -164,9 +164,11 @@ class BoundedWorker:
         """One line from the child, or None at the deadline or at end of file."""
         assert self._proc is not None and self._proc.stdout is not None
         fd = self._proc.stdout.fileno()
+        poller = select.poll()  # not select.select: it fails on descriptors past 1024 in a busy process
+        poller.register(fd, select.POLLIN)
         while b"\n" not in self._buffer:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
+            if left <= 0 or not poller.poll(max(1, int(left * 1000))):
                 return None
             chunk = os.read(fd, 1 << 16)
             if not chunk:
