@@ -193,9 +193,10 @@ def draw_block_random_masks(
     How each draw picks its block b (``block_choice``), with n = ceil(L / block_length) blocks in the
     completion's L positions and n_v = the blocks that hold valid tokens:
     - ``permutation`` (SPG's release): a random permutation of the n blocks, modulo n_v, gives the K
-      draws' blocks. Blocks do not repeat across a sequence's draws while K <= n_v, and the choice is not
-      uniform when n_v does not divide n (3 valid of 8 blocks: 3/8, 3/8, 2/8). For K > n (where the
-      release stops) further draws continue with fresh permutations.
+      draws' blocks. When every block holds valid tokens (n_v = n) a sequence's K <= n draws never repeat
+      a block; with fewer valid blocks they can (two of 3 valid of 8 blocks coincide with probability
+      1/4, against 1/3 for independent draws), and the choice is not uniform when n_v does not divide n
+      (3/8, 3/8, 2/8). For K > n (where the release stops) further draws continue with fresh permutations.
     - ``uniform``: each draw picks one of the n_v blocks uniformly and independently.
 
     Positions outside ``valid`` (the filler after the first EOS) are always masked, as SPG does, so the

@@ -378,7 +378,7 @@ def _chosen_blocks(draws, block_length: int, valid_length: int) -> torch.Tensor:
 
 def test_block_random_permutation_choice_is_the_releases_non_uniform_scheme():
     # 8 blocks of 4 in L = 32, 3 of them valid (10 valid tokens): randperm(8) % 3 picks blocks 0, 1, 2
-    # with probability 3/8, 3/8, 2/8, and a sequence's K <= 3 draws never repeat a block.
+    # with probability 3/8, 3/8, 2/8, and two draws of a sequence coincide less often than independent ones.
     valid = torch.zeros(4000, 32, dtype=torch.bool)
     valid[:, :10] = True
     draws = draw_block_random_masks(valid, 3, generator=_gen(0), block_length=4)
