@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from dipod.runs.config import load_config
 from dipod.control.trainer import ControlTrainer
+from dipod.runs.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "control"
 

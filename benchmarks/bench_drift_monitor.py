@@ -27,9 +27,8 @@ from bench_dipod_overhead import VOCAB, TinyMaskedLM
 
 from dipod.bounds.masked import draw_masks, masked_token_logprobs
 from dipod.config import DriftConfig
-from dipod.objectives import make_params
 from dipod.diagnostics.drift import DEFAULT_EVERY, language_drift_probe
-from dipod.objectives import MaskedScores, dipod_term, get_objective
+from dipod.objectives import MaskedScores, dipod_term, get_objective, make_params
 
 P, L, GROUP, PROMPTS, K, MU = 16, 16, 6, 4, 4, 4
 
@@ -121,9 +120,9 @@ def _real_trainer() -> tuple[float, float]:
     """(median step seconds, median probe seconds) of the LanguageTrainer on the tiny Sudoku config."""
     import numpy as np
 
-    from dipod.runs.config import load_config
     from dipod.diagnostics.drift import language_trainer_drift_probe
     from dipod.language.trainer import LanguageTrainer
+    from dipod.runs.config import load_config
 
     root = Path(__file__).resolve().parents[1]
     trainer = LanguageTrainer(

@@ -1,8 +1,11 @@
 """Throughput of dipod's vectorised low-confidence remasking vs a per-row reference, at equal NFE.
 
-The reference is written here the way LLaDA's ``generate.py`` decodes: the model's logits for the
+The reference is written here in the style of LLaDA's ``generate.py``: the model's logits for the
 whole sequence, Gumbel noise in float64 on all of them (exp(logits) / (-log u)^T), softmax over the
-whole sequence, and a Python loop over batch rows for the top-k of each row. dipod's sampler makes the
+whole sequence, and a Python loop over batch rows for the top-k of each row. It differs from
+``generate.py`` in one way, taken from dipod's sampler so that both make the same decisions: the mask
+token's logit is set to -inf, so the mask token is never proposed (``generate.py`` can propose it and
+then write it back, leaving the position masked). dipod's sampler makes the
 same decisions but asks the model for the current block's logits only (the tiny model then runs its
 last layer's queries, MLP and head on the block alone; the values are those of the full forward),
 draws noise and takes the softmax on the block only, and makes one batched top-k. Both run the same
@@ -149,7 +152,8 @@ def run(quick: bool) -> dict:
         "figures": figures,
         "reference": (
             "LLaDA-style per-row top-k loop on full-sequence logits with float64 Gumbel noise and softmax over the "
-            "whole sequence; dipod asks for the block's logits only; same tiny model "
+            "whole sequence, with dipod's mask-logit exclusion (generate.py has none); dipod asks for the block's "
+            "logits only; same tiny model "
             f"(2 layers, d=128), B={batch}, prompt {prompt_length}, gen {gen_length}, block {block_length}, "
             f"{steps} steps (equal NFE); least CPU time of {repeats} interleaved runs"
         ),

@@ -31,8 +31,8 @@ def train_with_probe(config: str, seed: int, env_steps: int, every: int, overrid
     """One run; returns its JSONL log."""
     import torch
 
-    from dipod.runs.config import load_config
     from dipod.control.trainer import ControlTrainer
+    from dipod.runs.config import load_config
 
     torch.set_num_threads(1)
     cfg = load_config(config, [*overrides, f"seed={seed}"])

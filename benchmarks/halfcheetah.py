@@ -16,8 +16,8 @@ import argparse
 import json
 from pathlib import Path
 
-from dipod.runs.config import load_config
 from dipod.control.experiment import carry_evaluations, plot_curves, plot_drift, results_from_logs, run_grid, summarise
+from dipod.runs.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

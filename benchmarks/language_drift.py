@@ -69,10 +69,10 @@ def train_with_probe(
     import numpy as np
     import torch
 
-    from dipod.runs.config import load_config
     from dipod.diagnostics.adaptive_beta import AdaptiveBetaConfig, adapt_beta
     from dipod.diagnostics.drift import language_trainer_drift_probe
     from dipod.language.trainer import LanguageTrainer
+    from dipod.runs.config import load_config
 
     torch.set_num_threads(1)
     cfg = load_config(ROOT / config, [*overrides, f"seed={seed}"])
@@ -113,8 +113,8 @@ def base_eval(config: str) -> dict:
     """Held-out evaluation of the untrained SFT base (the starting point of every run)."""
     import torch
 
-    from dipod.runs.config import load_config
     from dipod.language.trainer import LanguageTrainer
+    from dipod.runs.config import load_config
 
     torch.set_num_threads(1)
     return LanguageTrainer(load_config(ROOT / config)).evaluate()

@@ -51,8 +51,8 @@ def run_variant(config: Path, seed: int, steps: int, eval_every: int, overrides:
     """Train one variant; returns its per-step rewards and the evaluation curve."""
     import torch
 
-    from dipod.runs.config import load_config
     from dipod.language.trainer import LanguageTrainer
+    from dipod.runs.config import load_config
 
     torch.set_num_threads(1)
     cfg = load_config(config, [f"seed={seed}", *overrides])

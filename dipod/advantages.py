@@ -44,10 +44,11 @@ def gae(
         rewards, values, next_values: (T, E); next_values[t] = V(s_{t+1}), the final observation's
             value where the episode was truncated. terminated, truncated: (T, E) bool.
     Returns:
-        advantages (T, E) and returns = advantages + values (T, E).
+        advantages (T, E) and returns = advantages + values (T, E), in the dtype of ``rewards``: the masks
+        take that dtype too, so gamma and gamma * lam are not rounded to float32 for float64 inputs.
     """
-    not_terminal = 1.0 - terminated.float()
-    not_done = 1.0 - (terminated | truncated).float()
+    not_terminal = 1.0 - terminated.to(rewards.dtype)
+    not_done = 1.0 - (terminated | truncated).to(rewards.dtype)
     deltas = rewards + gamma * not_terminal * next_values - values  # (T, E)
     advantages = torch.zeros_like(rewards)
     running = torch.zeros_like(rewards[0])

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+
 class ConfigError(ValueError):
     """A configuration that cannot run; the message names the key, the value and where it came from."""
 
@@ -161,7 +162,9 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def read_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, _chain: tuple[Path, ...] = ()) -> ConfigSource:
+def read_config(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, _chain: tuple[Path, ...] = ()
+) -> ConfigSource:
     """A YAML config merged over its ``base:`` chain, with ``--set`` overrides applied (not validated)."""
     path = Path(path)
     if not path.is_file():
@@ -180,7 +183,9 @@ def read_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *
     base_name = data.pop("base", None)
     if base_name is not None:
         if not isinstance(base_name, str):
-            raise ConfigError(f"config {path} ({lines.get('base', 'base')}): `base` must be a file path, got {base_name!r}")
+            raise ConfigError(
+                f"config {path} ({lines.get('base', 'base')}): `base` must be a file path, got {base_name!r}"
+            )
         base_path = path.parent / base_name
         parent = read_config(base_path, _chain=(*_chain, path.resolve()))
         data = merge(parent.data, data)
@@ -257,7 +262,7 @@ def _describe(exc: ValidationError, model: type[BaseModel], source: str, lines: 
             if tag is not None and not hint:
                 suggestion = f": not a setting of {loc[0]} {tag!r} (its settings: {', '.join(known)})"
             messages.append(f"unknown key `{dotted}`{where}{suggestion}")
-        elif not loc or err["type"] in ("value_error", "assertion_error") and isinstance(err.get("input"), dict):
+        elif not loc or (err["type"] in ("value_error", "assertion_error") and isinstance(err.get("input"), dict)):
             prefix = f"`{dotted}`{where}: " if loc else ""
             messages.append(prefix + err["msg"].removeprefix("Value error, "))
         else:
@@ -266,12 +271,12 @@ def _describe(exc: ValidationError, model: type[BaseModel], source: str, lines: 
 
 
 def _strip_tags(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    """``loc`` without the tags pydantic puts in for tagged unions: ``objective.fpo.clip_low`` -> ``objective.clip_low``.
+    """``loc`` without the tags pydantic puts in for tagged unions (``objective.fpo.clip_low`` -> ``objective.clip_low``).
 
-    A part is a tag where its section may be one of several models and it is not a key of any of them.
+    A part is a tag where its section may be one of several models, it names one of them, and it is no key.
     """
     out: list[Any] = []
-    for i, part in enumerate(loc):
+    for part in loc:
         sections = _section_models(model, tuple(out))
         tags = {s.model_fields["name"].default for s in sections if "name" in s.model_fields}
         if len(sections) > 1 and part in tags and not any(part in s.model_fields for s in sections):

@@ -43,3 +43,24 @@ def test_gae_lambda_one_is_the_discounted_return_minus_value():
     adv, _ = gae(rewards, values, next_values, terminated, torch.zeros_like(terminated), gamma=0.9, lam=1.0)
     discounted = torch.stack([sum(0.9**k * rewards[t + k] for k in range(5 - t)) for t in range(5)])
     torch.testing.assert_close(adv, discounted - values)
+
+
+def test_gae_keeps_float64_and_does_not_round_gamma_to_float32():
+    # gamma = 0.99, lam = 0.95 are not float32 numbers: a float32 mask would round gamma * V and gamma * lam.
+    g = torch.Generator().manual_seed(1)
+    steps, envs = 50, 2
+    rewards = torch.rand(steps, envs, generator=g, dtype=torch.float64)
+    values = torch.rand(steps, envs, generator=g, dtype=torch.float64)
+    next_values = torch.rand(steps, envs, generator=g, dtype=torch.float64)
+    terminated = torch.rand(steps, envs, generator=g) < 0.05
+    truncated = torch.rand(steps, envs, generator=g) < 0.05
+    adv, returns = gae(rewards, values, next_values, terminated, truncated, gamma=0.99, lam=0.95)
+    assert adv.dtype == returns.dtype == torch.float64
+    # the recursion in plain Python floats (float64 throughout)
+    for e in range(envs):
+        running = 0.0
+        for t in reversed(range(steps)):
+            term, done = bool(terminated[t, e]), bool(terminated[t, e] or truncated[t, e])
+            delta = float(rewards[t, e]) + 0.99 * (not term) * float(next_values[t, e]) - float(values[t, e])
+            running = delta + 0.99 * 0.95 * (not done) * running
+            assert abs(float(adv[t, e]) - running) < 1e-12, (t, e)

@@ -3,7 +3,7 @@
 import pytest
 
 from dipod.config import ConfigError, apply_overrides, dump_config
-from dipod.runs.config import RunConfig, load_config, validate_config
+from dipod.runs.config import load_config, validate_config
 
 GOOD = """\
 domain: language
@@ -125,7 +125,11 @@ GAUSSIAN = {"policy": "gaussian"}
     [
         (GAUSSIAN, {"objective": {"dipod_beta": 0.0}, "drift": {"every": 5}}, r"drift.every = 5 .*control.policy"),
         (GAUSSIAN, {"objective": {"dipod_beta": 0.05}}, r"`objective.dipod_beta` = 0.05: .*less than or equal to 0"),
-        (GAUSSIAN, {"objective": {"name": "fpo_pp", "dipod_beta": 0.0}}, r"control.policy = 'gaussian' needs objective"),
+        (
+            GAUSSIAN,
+            {"objective": {"name": "fpo_pp", "dipod_beta": 0.0}},
+            r"control.policy = 'gaussian' needs objective",
+        ),
         ({}, {"objective": {"name": "ppo"}}, r"control.policy = 'flow' needs objective.name = fpo or fpo_pp"),
         (
             {**GAUSSIAN, "self_distill_iterations": 3},

@@ -32,6 +32,7 @@ LogitsFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 """(input_ids (N, T) long, attention_mask (N, T) bool or None) -> logits (N, T, V)."""
 
 MaskScheme = Literal["count", "round", "bernoulli", "d1"]
+BlockChoice = Literal["permutation", "uniform"]
 ElboScale = Literal["sum", "mean"]
 
 BERNOULLI_MIN_T = 1e-3
@@ -184,9 +185,19 @@ def draw_block_random_masks(
     block_length: int,
     prompt_valid: torch.Tensor | None = None,
     prompt_mask_prob: float = 0.0,
+    block_choice: BlockChoice = "permutation",
 ) -> MaskDraws:
     """SPG's ``block_random`` masking: pick a block b, mask every later block fully, and inside b a
     uniform count in [1, len(b)] of random positions, mimicking a semi-autoregressive decode state.
+
+    How each draw picks its block b (``block_choice``), with n = ceil(L / block_length) blocks in the
+    completion's L positions and n_v = the blocks that hold valid tokens:
+    - ``permutation`` (SPG's release): a random permutation of the n blocks, modulo n_v, gives the K
+      draws' blocks. When every block holds valid tokens (n_v = n) a sequence's K <= n draws never repeat
+      a block; with fewer valid blocks they can (two of 3 valid of 8 blocks coincide with probability
+      1/4, against 1/3 for independent draws), and the choice is not uniform when n_v does not divide n
+      (3/8, 3/8, 2/8). For K > n (where the release stops) further draws continue with fresh permutations.
+    - ``uniform``: each draw picks one of the n_v blocks uniformly and independently.
 
     Positions outside ``valid`` (the filler after the first EOS) are always masked, as SPG does, so the
     model never sees the filler. They are masked but not scored (the bounds count ``mask & valid``
@@ -198,8 +209,17 @@ def draw_block_random_masks(
     device = valid.device
     lengths = valid.sum(-1, keepdim=True)  # (B, 1)
     num_blocks = torch.div(lengths + block_length - 1, block_length, rounding_mode="floor").clamp(min=1)
-    u = torch.rand(batch, num_draws, generator=generator, device=device)
-    block = torch.floor(u * num_blocks).long()  # (B, K) chosen block
+    if block_choice == "permutation":
+        total_blocks = -(-length // block_length)  # n: blocks in the whole completion, valid or not
+        rounds = -(-num_draws // total_blocks)  # permutations needed to cover K draws
+        keys = torch.rand(batch, rounds, total_blocks, generator=generator, device=device)
+        permutations = keys.argsort(-1).reshape(batch, rounds * total_blocks)[:, :num_draws]  # (B, K)
+        block = permutations % num_blocks  # (B, K) chosen block
+    elif block_choice == "uniform":
+        u = torch.rand(batch, num_draws, generator=generator, device=device)
+        block = torch.floor(u * num_blocks).long()  # (B, K) chosen block
+    else:
+        raise ValueError(f"unknown block_choice {block_choice!r}; expected 'permutation' or 'uniform'")
     pos_block = (torch.arange(length, device=device) // block_length)[None, None, :]  # (1, 1, L)
     allowed = valid[:, None, :].expand(-1, num_draws, -1)
     in_block = (pos_block == block[..., None]) & allowed  # (B, K, L)

@@ -23,10 +23,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
 
 import torch
-
 
 DEFAULT_EVERY = 100
 """Probe interval (policy-improvement steps) at which the monitor costs <= ~10% of training.

@@ -46,11 +46,10 @@ class ModelConfig(BaseModel):
     lora_r: int = Field(8, ge=1)
     lora_alpha: float = Field(16.0, gt=0)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
-    lora_target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
-    )
-    """Module names that get adapters (the tiny model's names; LLaDA: q_proj k_proj v_proj attn_out ff_proj
-    up_proj ff_out)."""
+    lora_target_modules: list[str] | None = None
+    """Module names that get adapters; None: the tiny model's attention and MLP projections, or peft's
+    defaults for an hf model's architecture (BERT: query value; LLaMA: q_proj v_proj). LLaDA, which peft
+    does not know, needs them named (q_proj k_proj v_proj attn_out ff_proj up_proj ff_out)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
@@ -58,8 +57,8 @@ class ModelConfig(BaseModel):
             raise ValueError("model.kind is 'hf' but model.path is not set (a local directory)")
         if self.kind == "tiny" and self.n_embd % self.n_head:
             raise ValueError(f"model.n_embd = {self.n_embd} must be divisible by model.n_head = {self.n_head}")
-        if not self.lora_target_modules:
-            raise ValueError("model.lora_target_modules is empty")
+        if self.lora_target_modules is not None and not self.lora_target_modules:
+            raise ValueError("model.lora_target_modules is empty (leave it unset for the architecture's defaults)")
         return self
 
 
@@ -121,6 +120,15 @@ class DataConfig(BaseModel):
     countdown_numbers: int = Field(3, ge=2, le=5)
     countdown_max_number: int = Field(9, ge=1)
     countdown_max_target: int = Field(99, ge=1)
+    gsm8k_grading: Literal["exact", "numeric"] = "exact"
+    """GSM8K correctness: exact (the release: the answer string equals the text after '####') or numeric
+    (the same number: '$18', '18.0', '+18', '018', '1200' vs '1,200' count; '1,8' and non-ASCII digits do not)."""
+    gsm8k_xml_count: Literal["d1", "spg"] = "d1"
+    """GSM8K's XML-count reward as in the release's d1 code (its FPO runs), or as in its SPG code, whose copy
+    penalises the text after the opening answer tag rather than after the closing one (its SPG runs)."""
+    math500_grading_timeout_s: float = Field(2.0, gt=0, le=600)
+    """MATH500: wall-clock limit of one answer's grading (math-verify in a child process); past it the
+    answer is graded wrong."""
 
     @model_validator(mode="after")
     def _consistent(self) -> DataConfig:
@@ -182,6 +190,9 @@ class LanguageConfig(BaseModel):
     release's FPO scores only the tokens before it (paper.md §1a); what follows the EOS is never scored."""
     spg_block_length: int = Field(32, ge=1)
     """SPG block_random masking: block length."""
+    spg_block_choice: Literal["permutation", "uniform"] = "permutation"
+    """SPG block_random masking: which block each draw masks. permutation: the release's ``randperm(blocks) % valid``
+    (draws of one completion never repeat a block until all were used); uniform: independent uniform choices."""
     prompt_mask_prob: float = Field(0.15, ge=0, lt=1)
     """diffu-GRPO / SPG: probability of masking each prompt token in the stored draws."""
     eval_batch_size: int = Field(64, ge=1)

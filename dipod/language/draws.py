@@ -34,7 +34,7 @@ def draw_noise(
         return draw_masks(valid, k, generator=generator, scheme=lang.elbo_scheme)
     if kind == "block_random":
         return draw_block_random_masks(
-            valid, k, generator=generator, block_length=lang.spg_block_length,
+            valid, k, generator=generator, block_length=lang.spg_block_length, block_choice=lang.spg_block_choice,
             prompt_valid=prompt_attn, prompt_mask_prob=lang.prompt_mask_prob,
         )  # fmt: skip
     if kind == "one_step":

@@ -16,6 +16,30 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+TINY_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj")
+"""The built-in tiny model's attention and MLP projections: its LoRA targets unless the config names others."""
+
+
+def linear_module_names(model: nn.Module) -> list[str]:
+    """The distinct last name parts of the model's ``nn.Linear`` layers (what LoRA target names match)."""
+    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear) and name})
+
+
+def default_lora_targets(model: nn.Module, model_type: str | None) -> list[str]:
+    """LoRA target names for a model whose config names none: the tiny model's projections (``model_type``
+    None), or peft's defaults for the transformers architecture ``model_type``; an error naming the model's
+    linear layers where peft has no default for it."""
+    if model_type is None:
+        return list(TINY_LORA_TARGETS)
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+
+    if model_type in PEFT_DEFAULTS:
+        return list(PEFT_DEFAULTS[model_type])
+    raise ValueError(
+        f"peft has no default LoRA targets for model_type {model_type!r}; set model.lora_target_modules to some "
+        f"of the model's linear layers: {', '.join(linear_module_names(model))}"
+    )
+
 
 def apply_lora(
     model: nn.Module,
@@ -37,9 +61,16 @@ def apply_lora(
 
     lora_config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules))
     with torch.random.fork_rng(devices=[]):  # peft initialises from the global RNG; keep it untouched
-        inject_adapter_in_model(lora_config, model)
+        try:
+            inject_adapter_in_model(lora_config, model)
+        except ValueError as err:  # peft's "Target modules ... not found": say which names the model has
+            if "not found" not in str(err):
+                raise
     if not has_adapters(model):
-        raise ValueError(f"no module of the model matches lora target_modules {list(target_modules)}")
+        raise ValueError(
+            f"no module of the model matches model.lora_target_modules {list(target_modules)}; its linear layers "
+            f"are: {', '.join(linear_module_names(model))}"
+        )
     for name, p in model.named_parameters():
         p.requires_grad_("lora_" in name)
         if generator is not None and "lora_A" in name:

@@ -66,6 +66,10 @@ class HFMaskedLM(nn.Module):
     ) -> HFMaskedLM:
         """Load from a local directory (never from a hub).
 
+        An encoder saved without its masked-LM head (a plain ``BertModel`` checkpoint) loads with
+        transformers' report of missing head weights, which it initialises fresh: expected, and the head
+        then starts untrained.
+
         Args:
             tokenizer: supplies the mask, pad and EOS ids.
             trust_remote_code: run the model's own code through ``AutoModel`` (LLaDA, Dream);
@@ -76,7 +80,10 @@ class HFMaskedLM(nn.Module):
 
         path = str(path)
         if not Path(path).is_dir():
-            raise FileNotFoundError(f"model path {path} is not a local directory")
+            raise FileNotFoundError(
+                f"model.path {path!r} is not an existing local directory; hf models load from a local directory "
+                "only (nothing is downloaded)"
+            )
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)

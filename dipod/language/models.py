@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from dipod.language.config import ModelConfig
-from dipod.language.lora import apply_lora
+from dipod.language.lora import apply_lora, default_lora_targets
 from dipod.language.model_hf import HFMaskedLM
 from dipod.language.model_tiny import TinyConfig, TinyMaskedLM
 from dipod.language.tokenizer import CharTokenizer, HFTokenizer, Tokenizer
@@ -89,12 +89,16 @@ def build_model(
         )
         model = TinyMaskedLM(tiny, generator=generator)
     if cfg.finetune == "lora":
+        targets = cfg.lora_target_modules
+        if targets is None:  # the architecture's defaults
+            model_type = str(getattr(model.net.config, "model_type", "")) if cfg.kind == "hf" else None
+            targets = default_lora_targets(model, model_type)
         apply_lora(
             model,
             r=cfg.lora_r,
             alpha=cfg.lora_alpha,
             dropout=cfg.lora_dropout,
-            target_modules=cfg.lora_target_modules,
+            target_modules=targets,
             generator=generator,
         )
     return model

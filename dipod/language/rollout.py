@@ -36,16 +36,23 @@ def resolve_path(path: str | None) -> str | None:
 
 
 class ExampleSource:
-    """Training prompts (fresh generated examples, or uniform draws from a file) and the fixed eval set."""
+    """Training prompts (fresh generated examples, or uniform draws from a file) and the fixed eval set.
+
+    Every example it hands out carries the grading choices of the data config (``Task.with_data_options``).
+    """
 
     def __init__(self, task: Task, data: DataConfig) -> None:
         self.task = task
         self.data = data
-        self.train_pool = task.load(resolve_path(data.train_path)) if data.train_path else None
+        self.train_pool = self._graded(task.load(resolve_path(data.train_path))) if data.train_path else None
         if data.eval_path:
-            self.eval_examples = task.load(resolve_path(data.eval_path))[: data.eval_size]
+            self.eval_examples = self._graded(task.load(resolve_path(data.eval_path))[: data.eval_size])
         else:
             self.eval_examples = self.generate(data.eval_size, np.random.default_rng(data.eval_seed))
+
+    def _graded(self, examples: list[Any]) -> list[Any]:
+        options = self.task.with_data_options
+        return examples if options is None else [options(ex, self.data) for ex in examples]
 
     def generate(self, n: int, rng: np.random.Generator) -> list[Any]:
         """``n`` fresh examples from the task's generator with the configured difficulty."""
@@ -53,13 +60,15 @@ class ExampleSource:
         if self.task.generate is None:
             raise ValueError(f"task {self.task.name!r} has no generator; set language.data.train_path/eval_path")
         if self.task.name == "sudoku":
-            return self.task.generate(n, rng, min_blanks=d.sudoku_min_blanks, max_blanks=d.sudoku_max_blanks)
-        if self.task.name == "countdown":
-            return self.task.generate(
+            made = self.task.generate(n, rng, min_blanks=d.sudoku_min_blanks, max_blanks=d.sudoku_max_blanks)
+        elif self.task.name == "countdown":
+            made = self.task.generate(
                 n, rng, num_numbers=d.countdown_numbers, max_number=d.countdown_max_number,
                 max_target=d.countdown_max_target,
             )  # fmt: skip
-        return self.task.generate(n, rng)
+        else:
+            made = self.task.generate(n, rng)
+        return self._graded(made)
 
     def draw(self, n: int, rng: np.random.Generator) -> list[Any]:
         """``n`` training examples: generated, or drawn uniformly with replacement from the file."""

@@ -166,6 +166,11 @@ class HFTokenizer(BatchCoding):
         from transformers import AutoTokenizer
 
         self.directory = str(directory)
+        if not Path(directory).is_dir():
+            raise FileNotFoundError(
+                f"model.path {self.directory!r} is not an existing local directory; hf models and their tokenizers "
+                "load from a local directory only (nothing is downloaded)"
+            )
         self.hf = AutoTokenizer.from_pretrained(
             self.directory, trust_remote_code=trust_remote_code, local_files_only=True
         )

@@ -42,7 +42,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
-import numpy as np
 import torch
 
 from dipod.advantages import group_advantages
@@ -246,9 +245,13 @@ class LanguageTrainer:
         }
         return batch, metrics
 
-    def _draw(self, valid: torch.Tensor, prompt_attn: torch.Tensor, generator: torch.Generator | None = None) -> MaskDraws:
+    def _draw(
+        self, valid: torch.Tensor, prompt_attn: torch.Tensor, generator: torch.Generator | None = None
+    ) -> MaskDraws:
         """The noise ``self.objective`` scores with (``draw_noise``), from the rollout's stream unless given another."""
-        return draw_noise(self.objective.draws, valid, prompt_attn, self.cfg.language, generator=generator or self.generator)
+        return draw_noise(
+            self.objective.draws, valid, prompt_attn, self.cfg.language, generator=generator or self.generator
+        )
 
     def _micro_batches(self, size: int) -> Iterator[slice]:
         step = self.cfg.language.micro_batch_size or size

@@ -46,7 +46,9 @@ class MaskedScores:
 
 
 def _fpo_language(new: MaskedScores, old: MaskedScores, adv: torch.Tensor, p: FpoParams) -> LossOut:
-    return ratio_ppo_loss(new.elbo(p.elbo_scale), old.elbo(p.elbo_scale), adv, clip_low=p.clip_low, clip_high=p.clip_high)
+    return ratio_ppo_loss(
+        new.elbo(p.elbo_scale), old.elbo(p.elbo_scale), adv, clip_low=p.clip_low, clip_high=p.clip_high
+    )
 
 
 def _spg_language(new: MaskedScores, old: MaskedScores | None, adv: torch.Tensor, p: SpgParams) -> LossOut:
@@ -75,6 +77,7 @@ def _fpo_pp_control(cfm_new: torch.Tensor, cfm_old: torch.Tensor, adv: torch.Ten
         clip=p.clip_high,
         log_ratio_max=p.log_ratio_max,
         neg_adv_cfm_clamp=p.neg_adv_cfm_clamp,
+        cfm_loss_clamp=p.cfm_loss_clamp,
         trust_region=p.trust_region,
     )
 

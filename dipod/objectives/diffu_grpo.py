@@ -48,6 +48,8 @@ def diffu_grpo_loss(
         stats = {
             "pg_loss": pg_loss.detach(),
             "ratio_mean": (ratio * weights).sum() / n_tokens,
+            "log_ratio_mean": (log_ratio * weights).sum() / n_tokens,
+            "clipped_ratio_mean": (ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * weights).sum() / n_tokens,
             "clip_frac": (clipped.float() * weights).sum() / n_tokens,
         }
     return LossOut(loss=pg_loss, stats=stats)

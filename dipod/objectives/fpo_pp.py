@@ -18,9 +18,13 @@ class FpoPPParams(ClipParams):
 
     name: Literal["fpo_pp"] = "fpo_pp"
     log_ratio_max: float = Field(3.0, gt=0)
-    """Straight-through clamp on the per-draw log ratio."""
+    """Straight-through clamp on the per-draw log ratio (the release's ``cfm_diff_clamp_max``: 3 in its
+    motion-tracking config, which dipod follows; 10 is its config class's default)."""
     neg_adv_cfm_clamp: float | None = Field(20.0, gt=0)
-    """Clamp on the current CFM loss for negative advantages (None disables)."""
+    """Clamp on the current CFM loss for negative advantages (None disables; the release's 20)."""
+    cfm_loss_clamp: float | None = Field(None, gt=0)
+    """Clamp on both the old and the current CFM losses (the release's ``cfm_loss_clamp``; None disables, as its
+    motion-tracking config does with -1; its config class's default is 20)."""
     trust_region: TrustRegion = "aspo"
     """ASPO (PPO clip for A > 0, SPO for A < 0) or plain PPO clipping."""
 
@@ -47,11 +51,15 @@ def fpo_pp_loss(
     clip: float = 0.01,
     log_ratio_max: float = 3.0,
     neg_adv_cfm_clamp: float | None = 20.0,
+    cfm_loss_clamp: float | None = None,
     trust_region: TrustRegion = "aspo",
 ) -> LossOut:
     """FPO++ surrogate on per-draw ratios r_i = exp(clamp_ste(l_old,i - l_new,i, max=log_ratio_max)).
 
-    - For A < 0 the current CFM loss is clamped at ``neg_adv_cfm_clamp`` first: past it, pushing the
+    - ``cfm_loss_clamp`` (the release's ``cfm_loss_clamp``; None or off by default, as in its motion-tracking
+      config, while its config class defaults to 20) first clamps both the old and the current CFM losses
+      from above, so an action the flow fits very badly cannot produce an extreme ratio either way.
+    - For A < 0 the current CFM loss is clamped at ``neg_adv_cfm_clamp`` next: past it, pushing the
       loss up (the only way to lower the ratio) stops paying, so a bad sample cannot blow up the net.
     - ASPO: PPO clipping for A > 0, the SPO form -(r A - |A| / (2c) (r - 1)^2) for A < 0, whose
       quadratic penalty keeps r near 1 without a hard zero-gradient region. ``ppo`` clips both signs.
@@ -60,13 +68,16 @@ def fpo_pp_loss(
         cfm_new: (B, N) per-draw CFM losses of the current policy, with gradient.
         cfm_old: (B, N) the same draws' losses at rollout time.
         adv: (B,) advantages.
-    Stats: ``pg_loss``, ``ratio_mean``, ``clip_frac``, ``elbo_mean``; ``elbo`` is -mean_N l_new.
+    Stats: ``pg_loss``, ``ratio_mean``, ``log_ratio_mean`` (after the clamps), ``clip_frac``, ``elbo_mean``;
+    ``elbo`` is -mean_N l_new (unclamped).
     """
     a = adv[:, None]  # (B, 1)
-    cfm_cur = cfm_new
+    cfm_cur, cfm_ref = cfm_new, cfm_old.detach()
+    if cfm_loss_clamp is not None:
+        cfm_cur, cfm_ref = cfm_cur.clamp(max=cfm_loss_clamp), cfm_ref.clamp(max=cfm_loss_clamp)
     if neg_adv_cfm_clamp is not None:
-        cfm_cur = torch.where(a < 0, cfm_new.clamp(max=neg_adv_cfm_clamp), cfm_new)
-    log_ratio = straight_through_clamp_max(cfm_old.detach() - cfm_cur, log_ratio_max)  # (B, N)
+        cfm_cur = torch.where(a < 0, cfm_cur.clamp(max=neg_adv_cfm_clamp), cfm_cur)
+    log_ratio = straight_through_clamp_max(cfm_ref - cfm_cur, log_ratio_max)  # (B, N)
     ratio = log_ratio.exp()
     ppo_term = torch.maximum(-a * ratio, -a * ratio.clamp(1.0 - clip, 1.0 + clip))  # (B, N)
     if trust_region == "aspo":
@@ -85,6 +96,7 @@ def fpo_pp_loss(
         stats = {
             "pg_loss": pg_loss.detach(),
             "ratio_mean": ratio.mean(),
+            "log_ratio_mean": log_ratio.mean(),
             "clip_frac": clipped.float().mean(),
             "elbo_mean": elbo.mean(),
         }

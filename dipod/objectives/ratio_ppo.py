@@ -53,7 +53,12 @@ def ratio_ppo_loss(
         elbo_old: (B,) ELBO of the rollout policy on the same draws, no gradient.
         adv: (B,) advantages.
     Stats: ``pg_loss``, ``ratio_mean``, ``clip_frac`` (share of samples whose clipped branch is
-    active, i.e. whose gradient is zeroed), ``approx_kl`` (k3 estimate), ``elbo_mean``.
+    active, i.e. whose gradient is zeroed), ``approx_kl`` (k3 estimate), ``elbo_mean``, and three that stay
+    readable when one sample's ratio explodes (a fresh head can give ELBO differences of 30+ nats, so
+    ``ratio_mean`` and ``approx_kl`` reach 1e13 while clipping holds): ``log_ratio_mean``, ``approx_kl_k2``
+    (the k2 estimate mean(log_ratio^2) / 2, quadratic rather than exponential in the log-ratio) and
+    ``clipped_ratio_mean`` (the mean of clip(rho, 1 - clip_low, 1 + clip_high)). All are means, so they
+    combine over micro-batches and processes as the trainer's other statistics do.
     """
     log_ratio = elbo_new - elbo_old.detach()  # (B,)
     ratio = log_ratio.exp()
@@ -66,6 +71,9 @@ def ratio_ppo_loss(
             "ratio_mean": ratio.mean(),
             "clip_frac": clipped.float().mean(),
             "approx_kl": ((ratio - 1.0) - log_ratio).mean(),
+            "log_ratio_mean": log_ratio.mean(),
+            "approx_kl_k2": 0.5 * log_ratio.pow(2).mean(),
+            "clipped_ratio_mean": clipped_ratio.mean(),
             "elbo_mean": elbo_new.mean(),
         }
     return LossOut(loss=pg_loss, stats=stats, elbo=elbo_new)

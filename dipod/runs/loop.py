@@ -206,7 +206,10 @@ def _checkpoint_to_resume(
                 f"--resume: {run_dir} holds no checkpoint to continue (looked in {ckpt_dir}); drop --resume to "
                 "start a new run there, or pass --auto-resume to continue a run if there is one and start one if not"
             )
-        say(f"no checkpoint in {ckpt_dir}: starting from step 0" + (" (its rows are written again)" if holds_run else ""))
+        say(
+            f"no checkpoint in {ckpt_dir}: starting from step 0"
+            + (" (its rows are written again)" if holds_run else "")
+        )
         return None
     path, payload = found
     saved = validate_config(payload["config"], source=f"checkpoint {path}")
@@ -281,7 +284,11 @@ class _Run:
         self.writer, self.say = writer, say
         self.time_before, self.bad_steps, offset = 0.0, 0, 0
         if payload is not None:
-            self.time_before, self.bad_steps, offset = payload["time_s"], payload["bad_steps"], payload["metrics_offset"]
+            self.time_before, self.bad_steps, offset = (
+                payload["time_s"],
+                payload["bad_steps"],
+                payload["metrics_offset"],
+            )
         self.metrics = MetricsFile(run_dir / "metrics.jsonl", truncate_to=offset) if writer else NullSink()
         self.sinks = Sinks(self._sinks(resumed=payload is not None) if writer else [])
         self.rows = read_metrics(run_dir / "metrics.jsonl")
@@ -330,7 +337,9 @@ class _Run:
             return
         bad = nonfinite_tensors(state)
         if bad:
-            self.say(f"warning: step {self.trainer.step} has non-finite values in {', '.join(bad[:5])}: not checkpointed")
+            self.say(
+                f"warning: step {self.trainer.step} has non-finite values in {', '.join(bad[:5])}: not checkpointed"
+            )
             return
         self.sinks.flush()
         ckpt_dir = self.run_dir / "checkpoints"

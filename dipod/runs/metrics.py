@@ -111,7 +111,9 @@ class WandbSink:
         try:
             import wandb
         except ImportError:
-            raise ImportError("train.report_to includes 'wandb' but wandb is not installed: pip install wandb") from None
+            raise ImportError(
+                "train.report_to includes 'wandb' but wandb is not installed: pip install wandb"
+            ) from None
         self._run = wandb.init(
             dir=str(run_dir),
             name=name,
@@ -122,7 +124,9 @@ class WandbSink:
         )
 
     def write(self, row: dict[str, Any]) -> None:
-        scalars = {k: v for k, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool) and k != "step"}
+        scalars = {
+            k: v for k, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool) and k != "step"
+        }
         self._run.log({k if "/" in k else f"train/{k}": v for k, v in scalars.items()}, step=int(row["step"]))
 
     def flush(self) -> None:

@@ -367,3 +367,43 @@ def test_elbo_gradient_matches_finite_differences():
         net.out[0, 0] -= 2 * h
         down = f().item()
     assert grad == pytest.approx((up - down) / (2 * h), rel=1e-5, abs=1e-8)
+
+
+def _chosen_blocks(draws, block_length: int, valid_length: int) -> torch.Tensor:
+    """(B, K) the block each draw picked: the first block with a masked valid position."""
+    scored = draws.mask[..., :valid_length]  # (B, K, Lv)
+    first = scored.float().argmax(-1)  # first masked valid position
+    return first // block_length
+
+
+def test_block_random_permutation_choice_is_the_releases_non_uniform_scheme():
+    # 8 blocks of 4 in L = 32, 3 of them valid (10 valid tokens): randperm(8) % 3 picks blocks 0, 1, 2
+    # with probability 3/8, 3/8, 2/8, and two draws of a sequence coincide less often than independent ones.
+    valid = torch.zeros(4000, 32, dtype=torch.bool)
+    valid[:, :10] = True
+    draws = draw_block_random_masks(valid, 3, generator=_gen(0), block_length=4)
+    blocks = _chosen_blocks(draws, 4, 10)
+    freq = torch.bincount(blocks[:, 0], minlength=3).float() / 4000
+    torch.testing.assert_close(freq, torch.tensor([3 / 8, 3 / 8, 2 / 8]), atol=0.025, rtol=0)
+    # randperm(8) % 3, first two entries: distinct residues unless both come from {0,3,6} (p = 3/8 * 2/7) ...
+    same01 = (blocks[:, 0] == blocks[:, 1]).float().mean().item()
+    # P(equal residues) = sum_r c_r (c_r - 1) / (8 * 7) with class sizes 3, 3, 2: (6 + 6 + 2) / 56 = 0.25
+    assert abs(same01 - 0.25) < 0.025
+    uniform = draw_block_random_masks(valid, 3, generator=_gen(0), block_length=4, block_choice="uniform")
+    ublocks = _chosen_blocks(uniform, 4, 10)
+    ufreq = torch.bincount(ublocks[:, 0], minlength=3).float() / 4000
+    torch.testing.assert_close(ufreq, torch.full((3,), 1 / 3), atol=0.025, rtol=0)
+    assert abs((ublocks[:, 0] == ublocks[:, 1]).float().mean().item() - 1 / 3) < 0.025
+
+
+def test_block_random_permutation_never_repeats_within_the_blocks_and_continues_past_them():
+    valid = torch.ones(500, 12, dtype=torch.bool)  # 3 blocks of 4, all valid
+    draws = draw_block_random_masks(valid, 3, generator=_gen(1), block_length=4)
+    blocks = _chosen_blocks(draws, 4, 12)
+    assert (blocks.sort(-1).values == torch.arange(3)).all()  # every draw a different block: a permutation
+    more = draw_block_random_masks(valid, 7, generator=_gen(1), block_length=4)  # K > n: fresh permutations
+    blocks = _chosen_blocks(more, 4, 12)
+    assert (blocks[:, :3].sort(-1).values == torch.arange(3)).all()
+    assert (blocks[:, 3:6].sort(-1).values == torch.arange(3)).all()
+    with pytest.raises(ValueError, match="block_choice"):
+        draw_block_random_masks(valid, 2, generator=_gen(1), block_length=4, block_choice="random")

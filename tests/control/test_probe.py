@@ -20,5 +20,3 @@ def test_control_probe() -> None:
     assert all(torch.isfinite(torch.tensor(v)) for v in out.values())
     assert -1.0 <= out["drift/grad_cosine"] <= 1.0
     assert all(p.grad is None for p in net.parameters())
-
-

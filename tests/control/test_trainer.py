@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import dipod.control.trainer as trainer_module
-from dipod.runs.config import validate_config
 from dipod.control.envs import env_seeds, make_vector_env
 from dipod.control.experiment import run_curve
 from dipod.control.trainer import ControlTrainer
+from dipod.runs.config import validate_config
 
 NUM_ENVS, ROLLOUT = 4, 16
 

@@ -41,5 +41,3 @@ def test_monitor_schedule_and_time() -> None:
     assert not any(DriftMonitor(lambda: {}, every=0).maybe_probe(s) for s in range(1, 5))
     with pytest.raises(ValueError):
         DriftMonitor(lambda: {}, every=-1)
-
-

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from dipod.language.config import ModelConfig
-from dipod.language.lora import adapter_parameters, frozen_copy, reference_mode
+from dipod.language.lora import TINY_LORA_TARGETS, adapter_parameters, frozen_copy, reference_mode
 from dipod.language.model_hf import HFMaskedLM
 from dipod.language.model_tiny import TinyConfig, TinyMaskedLM
 from dipod.language.models import MaskedDiffusionLM, build_model, build_tokenizer
@@ -519,3 +519,38 @@ def test_full_finetuning_reference_is_a_frozen_copy():
         assert ref is ref_model
         torch.testing.assert_close(ref(ids), base_logits)
     assert not any(p.requires_grad for p in ref_model.parameters())
+
+
+def _adapted_modules(model: nn.Module) -> set[str]:
+    """Last name parts of the modules that hold adapters ('...attention.self.query.lora_A.default.weight')."""
+    return {name.split(".lora_")[0].rsplit(".", 1)[-1] for name in adapter_parameters(model)}
+
+
+def test_lora_without_named_targets_uses_the_architectures_defaults(tmp_path):
+    # BERT: peft's defaults for model_type "bert" are query and value
+    cfg = ModelConfig(kind="hf", path=str(write_bert(tmp_path / "bert")), finetune="lora")
+    assert cfg.lora_target_modules is None
+    model = build_model(cfg)
+    assert _adapted_modules(model) == {"query", "value"}
+    # the tiny model: its attention and MLP projections
+    tiny_model = build_model(ModelConfig(finetune="lora"))
+    assert _adapted_modules(tiny_model) == set(TINY_LORA_TARGETS)
+
+
+def test_lora_errors_name_the_models_linear_layers(tmp_path):
+    path = write_bert(tmp_path / "bert")
+    cfg = ModelConfig(kind="hf", path=str(path), finetune="lora", lora_target_modules=["q_proj", "v_proj"])
+    with pytest.raises(ValueError, match=r"its linear layers are: .*query.*value"):
+        build_model(cfg)
+    remote = write_remote_code_model(tmp_path / "llada")  # a model_type peft has no defaults for
+    with pytest.raises(ValueError, match=r"no default LoRA targets for model_type .*lora_target_modules"):
+        build_model(ModelConfig(kind="hf", path=str(remote), trust_remote_code=True, finetune="lora"))
+    with pytest.raises(ValueError, match="empty"):
+        ModelConfig(lora_target_modules=[])
+
+
+def test_a_missing_hf_model_directory_is_named_without_a_hub_message(tmp_path):
+    missing = tmp_path / "no_such_model"
+    for build in (build_tokenizer, build_model):
+        with pytest.raises(FileNotFoundError, match=r"no_such_model.*not an existing local directory.*nothing is"):
+            build(ModelConfig(kind="hf", path=str(missing)))

@@ -43,7 +43,9 @@ def _draws(name: str, valid: torch.Tensor, prompt: torch.Tensor):
     """Fresh draws of the objective's kind from the draw dispatch (SPG blocks of 2, prompt masks for SPG/diffu-GRPO)."""
     lang = LanguageConfig(elbo_draws=4, spg_block_length=2, prompt_mask_prob=0.0 if name == "fpo" else 0.3)
     kind = get_objective("language", name).draws
-    return draw_noise(kind, valid, torch.ones_like(prompt, dtype=torch.bool), lang, generator=torch.Generator().manual_seed(0))
+    return draw_noise(
+        kind, valid, torch.ones_like(prompt, dtype=torch.bool), lang, generator=torch.Generator().manual_seed(0)
+    )
 
 
 def test_language_loglik_exact_matches_core_enumeration() -> None:

@@ -11,8 +11,8 @@ import torch
 from dipod.language.lora import has_adapters, reference_mode
 from dipod.language.models import build_model, build_tokenizer
 from dipod.language.sft import masked_diffusion_loss, merge_adapters, sft_tensors
-from dipod.runs.sft import train_sft
 from dipod.language.tasks import get_task
+from dipod.runs.sft import train_sft
 from tests.language.language_helpers import tiny_config
 
 
@@ -67,8 +67,8 @@ def test_sft_lowers_the_loss_and_saves(tmp_path):
 
 def test_shipped_sudoku_base_loads_and_is_moderately_good():
     """The shipped base solves some but not all blanks (room for RL); greedy decoding on 32 puzzles."""
-    from dipod.runs.config import load_config
     from dipod.language.trainer import LanguageTrainer
+    from dipod.runs.config import load_config
 
     root = Path(__file__).resolve().parents[2]
     cfg = load_config(root / "configs/language/sudoku_fpo_dipod.yaml", ["language.data.eval_size=32"])

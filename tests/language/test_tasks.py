@@ -177,7 +177,7 @@ def test_countdown_parquet_matches_jsonl():
 
 
 def test_gsm8k_rewards_components():
-    ex = gsm8k.GSM8KExample(question="q", answer="1200")
+    ex = gsm8k.GSM8KExample(question="q", answer="1200", grading="numeric")
     strict = "<reasoning>\nwork\n</reasoning>\n<answer>\n1200\n</answer>\n"
     # correctness 2 + integer 0.5 + strict 0.5 + xml 4 * 0.125; soft needs each block on one line (release)
     assert gsm8k.reward(strict, ex, "d1") == pytest.approx(3.5)
@@ -188,6 +188,11 @@ def test_gsm8k_rewards_components():
     assert gsm8k.reward("1200", ex, "compact") == 2.0
     assert gsm8k.reward("$1,200.00", ex, "compact") == 2.0
     assert gsm8k.reward("1201", ex, "compact") == 0.0
+    # the release's exact string match: the comma costs the correctness reward
+    exact = gsm8k.GSM8KExample(question="q", answer="1200")
+    assert exact.grading == "exact"
+    assert gsm8k.reward(strict, exact, "d1") == pytest.approx(3.5)
+    assert gsm8k.reward(strict.replace("1200", "1,200"), exact, "d1") == pytest.approx(1.0)  # strict + xml only
 
 
 def test_format_rewards_match_the_release_regexes_without_dotall():

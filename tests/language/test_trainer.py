@@ -11,9 +11,9 @@ import torch
 
 from dipod.bounds.masked import draw_masks
 from dipod.config import ConfigError
-from dipod.runs.config import load_config
 from dipod.language.rollout import common_padding, encode_prompts
 from dipod.language.trainer import LanguageTrainer, RolloutBatch
+from dipod.runs.config import load_config
 from tests.language.language_helpers import tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from dipod.bounds.masked import draw_masks, masked_token_logprobs
-from dipod.objectives import make_params
 from dipod.objectives import (
     MaskedScores,
     diffu_grpo_loss,
@@ -15,6 +14,7 @@ from dipod.objectives import (
     fpo_pp_loss,
     get_objective,
     k3_kl,
+    make_params,
     ratio_ppo_loss,
     spg_loss,
 )
@@ -196,3 +196,48 @@ def test_control_fpo_is_the_averaged_ratio():
 def test_registry_rejects_unknown_names():
     with pytest.raises(ValueError, match="unknown language objective 'ppo'; choose one of: diffu_grpo, fpo, spg"):
         get_objective("language", "ppo")
+
+
+def test_fpo_pp_symmetric_cfm_loss_clamp_as_released():
+    # cfm_loss_clamp = 20 clamps old and current losses: l_old 30 -> 20, l_new 25 -> 20, log r = 0
+    cfm_new = torch.tensor([[25.0, 1.0]], requires_grad=True)
+    cfm_old = torch.tensor([[30.0, 1.5]])
+    out = fpo_pp_loss(cfm_new, cfm_old, torch.tensor([1.0]), clip=0.5, cfm_loss_clamp=20.0, neg_adv_cfm_clamp=None)
+    # draw 0: log r = 20 - 20 = 0 ; draw 1: log r = 1.5 - 1.0 = 0.5
+    assert out.stats["log_ratio_mean"].item() == pytest.approx(0.25)
+    assert out.stats["ratio_mean"].item() == pytest.approx((1.0 + math.exp(0.5)) / 2)
+    out.loss.backward()
+    assert cfm_new.grad[0, 0].item() == 0.0  # clamped: no gradient through the current loss
+    # without it (dipod's default, the release's motion-tracking config): log r = 5 for draw 0, capped at 3
+    off = fpo_pp_loss(cfm_new, cfm_old, torch.tensor([1.0]), clip=0.5, neg_adv_cfm_clamp=None)
+    assert off.stats["log_ratio_mean"].item() == pytest.approx((3.0 + 0.5) / 2)
+
+
+def test_fpo_pp_objective_reads_cfm_loss_clamp_from_the_config():
+    cfm_new, cfm_old, adv = torch.tensor([[25.0]]), torch.tensor([[30.0]]), torch.tensor([1.0])
+    fn = get_objective("control", "fpo_pp").fn
+    assert make_params("control", "fpo_pp").cfm_loss_clamp is None
+    assert fn(cfm_new, cfm_old, adv, make_params("control", "fpo_pp")).stats["log_ratio_mean"].item() == pytest.approx(
+        3.0
+    )
+    clamped = fn(cfm_new, cfm_old, adv, make_params("control", "fpo_pp", cfm_loss_clamp=20.0))
+    assert clamped.stats["log_ratio_mean"].item() == 0.0
+    with pytest.raises(ValueError):
+        make_params("control", "fpo_pp", cfm_loss_clamp=0.0)
+
+
+def test_ratio_statistics_stay_readable_when_a_ratio_explodes():
+    # a fresh head: one completion's ELBO rose by 32 nats, so rho = e^32 ~ 7.9e13 and the raw mean explodes
+    log_ratio = torch.tensor([32.0, 0.1, -0.2, 0.0])
+    adv = torch.tensor([1.0, 1.0, -1.0, 1.0])
+    out = ratio_ppo_loss(log_ratio, torch.zeros(4), adv, clip_low=0.2, clip_high=0.2)
+    assert out.stats["ratio_mean"].item() > 1e13 and out.stats["approx_kl"].item() > 1e13
+    assert out.stats["log_ratio_mean"].item() == pytest.approx((32.0 + 0.1 - 0.2) / 4)
+    assert out.stats["approx_kl_k2"].item() == pytest.approx(0.5 * (32.0**2 + 0.01 + 0.04) / 4)
+    # clip(rho) = 1.2, 1.1052, 0.8187, 1.0
+    assert out.stats["clipped_ratio_mean"].item() == pytest.approx((1.2 + math.exp(0.1) + math.exp(-0.2) + 1.0) / 4)
+    tokens = diffu_grpo_loss(
+        log_ratio[None, :], torch.zeros(1, 4), torch.ones(1), torch.tensor([[True, True, True, False]])
+    )
+    assert tokens.stats["log_ratio_mean"].item() == pytest.approx((32.0 + 0.1 - 0.2) / 3)
+    assert tokens.stats["clipped_ratio_mean"].item() == pytest.approx((1.2 + math.exp(0.1) + math.exp(-0.2)) / 3)

@@ -16,8 +16,8 @@ import time
 import numpy as np
 import torch
 
-from dipod.runs.config import RunConfig, validate_config
 from dipod.optim import clip_and_step, loss_is_finite
+from dipod.runs.config import RunConfig, validate_config
 
 DIM = 4
 BATCH = 16

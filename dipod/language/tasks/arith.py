@@ -6,8 +6,10 @@ Recursive descent over a bounded token list with exact rational arithmetic (``fr
     term   := factor (('*' | '/') factor)*
     factor := NUMBER | '(' expr ')'
 
-Anything else (letters, unary minus, powers, names, over-long input, deep nesting, huge numbers,
-division by zero) makes ``evaluate`` return None. It never raises and never calls ``eval``.
+NUMBER is a run of ASCII digits without a leading zero (``0`` and ``00`` are numbers, ``03`` is not: as
+in Python, whose ``eval`` the release uses). Anything else makes ``evaluate`` return None: unary minus
+(``-3+5``), ``**``, ``//``, decimals (``2.5``), non-ASCII digits, letters and names, ``=``, over-long input,
+deep nesting, huge numbers, division by zero. It never raises and never calls ``eval``.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ def _tokenize(text: str) -> list[str]:
                 j += 1
             if j - i > MAX_DIGITS:
                 raise _Reject
+            if text[i] == "0" and text[i:j].strip("0"):
+                raise _Reject  # a leading zero (03): Python's eval rejects it, so the release scores it wrong
             tokens.append(text[i:j])
             i = j
         else:

@@ -38,6 +38,9 @@ class Task(Generic[E]):
     """(n, rng) -> n fresh examples, where the task can be generated."""
     sample_file: str
     """File name of the shipped sample under dipod/assets/data/."""
+    with_data_options: Callable[[E, Any], E] | None = None
+    """(example, ``DataConfig``) -> the example carrying the grading choices the data config makes
+    (GSM8K: exact or numeric); None where the task has none. ``rollout.ExampleSource`` applies it."""
 
     def load(self, path: str | Path) -> list[E]:
         """Examples from a local file in the task's public format."""
@@ -48,13 +51,19 @@ class Task(Generic[E]):
         return self.load(sample_path(self.sample_file))
 
     def score(self, completions: list[str], examples: list[E], fmt: str) -> tuple[np.ndarray, np.ndarray]:
-        """(rewards, accuracies), each (B,) float64, for completions paired with their examples."""
+        """(rewards, accuracies), each (B,) float64, for completions paired with their examples.
+
+        Each completion's reward and accuracy are computed one after the other, so a task that caches its
+        grading (MATH500) grades every completion once.
+        """
         fmt = check_format(fmt)
         if len(completions) != len(examples):
             raise ValueError(f"{len(completions)} completions for {len(examples)} examples")
-        rewards = np.array([self.reward(c, e, fmt) for c, e in zip(completions, examples, strict=True)])
-        accuracy = np.array([self.accuracy(c, e, fmt) for c, e in zip(completions, examples, strict=True)])
-        return rewards.astype(np.float64), accuracy.astype(np.float64)
+        scores = [
+            (self.reward(c, e, fmt), self.accuracy(c, e, fmt)) for c, e in zip(completions, examples, strict=True)
+        ]
+        table = np.array(scores, dtype=np.float64).reshape(len(completions), 2)
+        return table[:, 0].copy(), table[:, 1].copy()
 
 
 def sample_path(name: str) -> Path:

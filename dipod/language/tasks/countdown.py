@@ -7,6 +7,15 @@ the last ``<answer>...</answer>`` pair, so tags holding anything (a wrong value,
 that does not parse, nothing) score 0.1 and no tags score 0, as released. In the compact format the
 whole completion is the answer and only a well-formed expression earns the format score. Answers are
 parsed by ``arith.evaluate`` and never executed.
+
+Grading against the release's ``compute_score`` (which checks the numbers with ``re.findall(r"\\d+")``
+and then ``eval``s text made of digits, ``+-*/().`` and spaces):
+- the same: + - * / and parentheses, the 1e-5 tolerance on the value (here on the exact rational value,
+  so no float rounding), leading zeros wrong (Python's ``eval`` rejects ``03``), division by zero wrong,
+  each given number used exactly once, a trailing ``= value`` wrong.
+- different, each scored 0.1 here where the release can score 1.0: unary minus (``-3+5*2``), powers
+  (``**``), floor division (``//``), and decimals (``2.5``, which the release reads as the numbers 2 and 5).
+  The task states the four operations; these are outside it, and parsing (not ``eval``) keeps it so.
 """
 
 from __future__ import annotations
@@ -24,6 +33,8 @@ from dipod.language.tasks.prompts import answer_in_tags, d1_completion, d1_promp
 
 CORRECT_REWARD = 1.0
 FORMAT_REWARD = 0.1
+TOLERANCE = Fraction(1, 100_000)
+"""An equation is correct when its value is within 1e-5 of the target, as the release's ``compute_score``."""
 OPS = "+-*/"
 
 
@@ -148,7 +159,7 @@ def reward(text: str, ex: CountdownExample, fmt: str) -> float:
     if answer is None:
         return 0.0
     parsed = evaluate(answer)
-    if parsed is not None and sorted(parsed.numbers) == sorted(ex.nums) and parsed.value == ex.target:
+    if parsed is not None and sorted(parsed.numbers) == sorted(ex.nums) and abs(parsed.value - ex.target) < TOLERANCE:
         return CORRECT_REWARD
     if parsed is None and fmt == "compact":
         return 0.0

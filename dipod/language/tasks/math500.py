@@ -2,25 +2,49 @@
 
 Reward (paper.md §4a): equivalence 2.0 when the predicted answer equals the reference under
 math-verify, plus 0.5 when a ``\\boxed{...}`` sits inside the answer tags. Predictions are parsed with
-math-verify's LaTeX extraction only (an ANTLR grammar, no ``eval``); text length is bounded and any
-parsing failure scores 0.
+math-verify's LaTeX extraction only (an ANTLR grammar, no ``eval``).
+
+Grading is bounded: each answer is graded once (``reward`` and ``accuracy`` share the result), in a
+child process (``bounded.BoundedWorker``) that is killed past ``MathExample.grading_timeout_s`` seconds
+of wall-clock time (``language.data.math500_grading_timeout_s``, 2 s by default) and fails past
+``MEMORY_BYTES`` of address space, in any thread or process; a time-out, an out-of-memory or any failure
+grades the answer wrong. Only the last ``MAX_ANSWER_CHARS`` characters of an answer are graded. Hostile
+LaTeX (power towers, fractions nested 50 deep) took ~5 s and +500 MB per unbounded math-verify call.
+
+Differences from the release (``correctness_reward_func_math`` + ``boxed_and_answer_tags_format_reward``):
+- correctness: the release compares the last ``\\boxed{}`` anywhere in the completion with the last one
+  of the reference solution under ``is_equiv`` (string normalisation, from the MATH benchmark's code);
+  dipod grades the answer-tag content (d1) or the whole text (compact) with math-verify, which also
+  accepts equal values written differently (``\\frac{10}{12}`` for ``\\frac{5}{6}``).
+- format: the release adds 0.5 for answer tags plus 0.25 (0.5 when its ``"\\boxed" in r`` test fires,
+  which it almost never does: ``"\\b"`` there is a backspace), so 0.75 with tags and 0.25 without;
+  dipod adds 0.5 when a ``\\boxed{`` sits inside the answer tags, as paper.md §4a describes the reward.
 """
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 from dipod.language.tasks.base import Task
+from dipod.language.tasks.bounded import BoundedWorker
 from dipod.language.tasks.data import as_text
 from dipod.language.tasks.prompts import answer_in_tags, d1_completion, d1_prompt
 
 CORRECT_REWARD = 2.0
 BOXED_REWARD = 0.5
 MAX_ANSWER_CHARS = 2000
-"""Only this many trailing characters of a completion's answer are parsed (bounds the work)."""
-TIMEOUT_S = 5
-"""math-verify's per-call time limit in the main thread (its default)."""
+"""Only this many trailing characters of an answer are graded: a final answer is far shorter, and the
+grader's work grows with the text."""
+DEFAULT_TIMEOUT_S = 2.0
+"""Wall-clock limit of one answer's grading (``language.data.math500_grading_timeout_s``): legitimate
+answers grade in milliseconds, math-verify's own default limit is 5 s per parse or comparison."""
+MEMORY_BYTES = 1 << 30
+"""Address-space limit of the grading process (1 GiB): its interpreter, sympy and math-verify take about
+0.1 GiB, a legitimate answer a few MB more; one hostile answer took +0.5 GB unbounded."""
+_WORKER = BoundedWorker(Path(__file__).with_name("math_worker.py"), memory_bytes=MEMORY_BYTES)
 
 
 @dataclass(frozen=True)
@@ -29,6 +53,8 @@ class MathExample:
     answer: str
     """Reference answer in LaTeX, without $ or \\boxed."""
     solution: str = ""
+    grading_timeout_s: float = DEFAULT_TIMEOUT_S
+    """Wall-clock limit of one answer's grading, in seconds."""
 
 
 def parse_row(row: dict, field) -> MathExample:
@@ -48,43 +74,44 @@ def target(ex: MathExample, fmt: str) -> str:
     return d1_completion(ex.solution or "Work it out.", f"\\boxed{{{ex.answer}}}")
 
 
-def equivalent(predicted: str, reference: str) -> bool:
-    """Whether a LaTeX answer (boxed or plain) equals the reference under math-verify; False on any failure.
+def with_data_options(ex: MathExample, data: Any) -> MathExample:
+    """``ex`` graded within ``data.math500_grading_timeout_s`` (``DataConfig``)."""
+    return replace(ex, grading_timeout_s=data.math500_grading_timeout_s)
 
-    math-verify's time limit uses ``signal.alarm``, which works in the main thread only: anywhere
-    else it raises, and every answer would score 0. Outside the main thread (a thread pool grading
-    rewards, a data-loader thread) it is therefore called without a time limit; the answer length
-    bound (``MAX_ANSWER_CHARS``) still caps the work.
+
+@functools.lru_cache(maxsize=1024)
+def equivalent(predicted: str, reference: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
+    """Whether a LaTeX answer (boxed or plain) equals the reference under math-verify; False on a time-out,
+    out of memory, or any failure.
+
+    Runs in the bounded grading process, on the last ``MAX_ANSWER_CHARS`` characters of ``predicted``.
+    Results are cached, so ``reward`` and ``accuracy`` of one completion grade it once. Raises
+    ``bounded.WorkerStartError`` only when the grading process cannot start (a broken environment).
     """
-    try:
-        from math_verify import LatexExtractionConfig, parse, verify
-
-        limit = TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
-        config = [LatexExtractionConfig()]
-        gold = parse(f"${reference}$", extraction_config=config, parsing_timeout=limit)
-        text = predicted[-MAX_ANSWER_CHARS:]
-        if "\\boxed" not in text and "$" not in text:
-            text = f"${text}$"
-        pred = parse(text, extraction_config=config, parsing_timeout=limit)
-        return bool(gold) and bool(pred) and bool(verify(gold, pred, timeout_seconds=limit))
-    except Exception:  # math-verify can fail in many ways on arbitrary text; a failure is a wrong answer
+    if not isinstance(predicted, str) or not isinstance(reference, str):
         return False
+    args = [predicted[-MAX_ANSWER_CHARS:], reference[-MAX_ANSWER_CHARS:]]
+    return _WORKER.call("equivalent", args, timeout_s=timeout_s, default=False) is True
+
+
+def _answer(text: str, fmt: str) -> str | None:
+    return text if fmt == "compact" else answer_in_tags(text)
 
 
 def reward(text: str, ex: MathExample, fmt: str) -> float:
     """Compact: 2.0 if equivalent. d1: 2.0 if the answer-tag content is equivalent, + 0.5 if it is boxed."""
-    if fmt == "compact":
-        return CORRECT_REWARD if equivalent(text, ex.answer) else 0.0
-    answer = answer_in_tags(text)
+    answer = _answer(text, fmt)
     if answer is None:
         return 0.0
-    score = CORRECT_REWARD if equivalent(answer, ex.answer) else 0.0
-    return score + (BOXED_REWARD if "\\boxed{" in answer else 0.0)
+    score = CORRECT_REWARD if equivalent(answer, ex.answer, timeout_s=ex.grading_timeout_s) else 0.0
+    boxed = fmt == "d1" and "\\boxed{" in answer
+    return score + (BOXED_REWARD if boxed else 0.0)
 
 
 def accuracy(text: str, ex: MathExample, fmt: str) -> float:
-    answer = text if fmt == "compact" else answer_in_tags(text)
-    return float(answer is not None and equivalent(answer, ex.answer))
+    """1 if the answer is equivalent to the reference (the grading ``reward`` did, from the cache)."""
+    answer = _answer(text, fmt)
+    return float(answer is not None and equivalent(answer, ex.answer, timeout_s=ex.grading_timeout_s))
 
 
 TASK = Task(
@@ -96,4 +123,5 @@ TASK = Task(
     accuracy=accuracy,
     generate=None,
     sample_file="math500.jsonl",
+    with_data_options=with_data_options,
 )

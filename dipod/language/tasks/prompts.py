@@ -16,7 +16,6 @@ examples: e.g. Sudoku's prompt is the 16 puzzle digits and its completion the 16
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 PromptFormat = Literal["compact", "d1"]
@@ -31,7 +30,7 @@ D1_SYSTEM_PROMPT = """Respond in the following format:
 </answer>"""
 """The instruction d1 prepends to every question (its wording of the reasoning/answer format)."""
 
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+OPEN_TAG, CLOSE_TAG = "<answer>", "</answer>"
 
 
 def d1_prompt(question: str) -> str:
@@ -54,9 +53,22 @@ def extract_xml_answer(text: str) -> str:
 
 
 def answer_in_tags(text: str) -> str | None:
-    """The content of the last complete ``<answer>...</answer>`` pair, stripped, or None."""
-    found = _ANSWER.findall(text)
-    return found[-1].strip() if found else None
+    """The content of the last complete ``<answer>...</answer>`` pair, stripped, or None.
+
+    The same pairs as the release's ``re.findall(r"<answer>(.*?)</answer>", text, re.DOTALL)[-1]``: scanning
+    left to right, each pair opens at the next ``<answer>`` and closes at the first ``</answer>`` after it,
+    so ``<answer>a<answer>b</answer>`` gives ``a<answer>b``. Found with ``str.find`` in one left-to-right
+    pass, so the time is linear in the text; the regex retries from every ``<answer>`` when no closing tag
+    follows, which is quadratic (a 128 KB completion of open tags took 15 s).
+    """
+    found, start = None, 0
+    while (opened := text.find(OPEN_TAG, start)) >= 0:
+        closed = text.find(CLOSE_TAG, opened + len(OPEN_TAG))
+        if closed < 0:
+            break  # no closing tag after this opening one, so none after any later one either
+        found = text[opened + len(OPEN_TAG) : closed]
+        start = closed + len(CLOSE_TAG)
+    return None if found is None else found.strip()
 
 
 def check_format(fmt: str) -> PromptFormat:

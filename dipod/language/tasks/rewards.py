@@ -9,13 +9,19 @@ from __future__ import annotations
 import math
 import re
 from fractions import Fraction
+from typing import Literal
 
 from dipod.language.tasks.prompts import extract_xml_answer
 
 STRICT_FORMAT = r"^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n$"
 SOFT_FORMAT = r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>"
 """d1's format patterns, verbatim. Both are applied with ``re.match`` (anchored at the start of the text)."""
-_NUMBER = re.compile(r"[-+]?\$?\s*(?:\d[\d,]*(?:\.\d+)?|\.\d+)")
+_NUMBER = re.compile(
+    r"[-+]?\$?\s*(?:(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]*)?|\.[0-9]+)",
+    re.ASCII,
+)
+"""A plain number: optional sign and dollar sign, ASCII digits with commas only between groups of three
+(``1,200`` and ``12,345,678``, not ``1,8`` or ``12,34``), an optional decimal part or trailing point."""
 MAX_NUMBER_CHARS = 64
 """Numbers longer than this are not parsed (bounds the work a hostile completion can cause)."""
 
@@ -46,12 +52,20 @@ def soft_format_reward(text: str, weight: float = 0.5, *, dotall: bool = False) 
     return weight if _format_match(SOFT_FORMAT, text, dotall) else 0.0
 
 
-def xml_count_reward(text: str) -> float:
+XmlCount = Literal["d1", "spg"]
+
+
+def xml_count_reward(text: str, *, variant: XmlCount = "d1") -> float:
     """Partial credit for each of the four tags on its own line (0.125 each), minus 0.001 per trailing char.
 
     The d1/GRPO "xmlcount" reward: it rewards the structure before the model gets the whole format
-    right, and penalises text after the closing answer tag.
+    right, and penalises text after the closing answer tag. ``variant="spg"`` is the copy in the release's
+    SPG code, whose first penalty counts the text after ``\\n<answer>\\n`` (the answer and everything
+    after it) instead of the text after ``\\n</answer>\\n``.
     """
+    if variant not in ("d1", "spg"):
+        raise ValueError(f"unknown xml count variant {variant!r}; expected 'd1' or 'spg'")
+    after_answer = "\n</answer>\n" if variant == "d1" else "\n<answer>\n"
     score = 0.0
     if text.count("<reasoning>\n") == 1:
         score += 0.125
@@ -59,7 +73,7 @@ def xml_count_reward(text: str) -> float:
         score += 0.125
     if text.count("\n<answer>\n") == 1:
         score += 0.125
-        score -= len(text.split("\n</answer>\n")[-1]) * 0.001
+        score -= len(text.split(after_answer)[-1]) * 0.001
     if text.count("\n</answer>") == 1:
         score += 0.125
         score -= (len(text.split("\n</answer>")[-1]) - 1) * 0.001
@@ -67,13 +81,18 @@ def xml_count_reward(text: str) -> float:
 
 
 def parse_number(text: str) -> Fraction | None:
-    """The number a short answer string states ('1,234', '$5', '-3.50', '7.'), exactly, or None.
+    """The number a short answer string states, exactly, or None.
 
-    Only a single number (with optional sign, currency sign and thousands commas) is accepted, so
-    '3 apples' or '1/2' are None; GSM8K answers are plain numbers.
+    Accepted: ``1,234`` (commas only as thousands separators), ``$5``, ``-3.50``, ``+18``, ``018``, ``7.``
+    and one sentence-ending period. Rejected (None): ``3 apples``, ``1/2``, ``1,8`` (a comma out of its
+    place), and digits other than ASCII 0-9 (Arabic-Indic ``١٨``, fullwidth ``１８``, superscripts): GSM8K's
+    answers are ASCII, and a model that writes other digits has not written the answer.
     """
-    text = text.strip().rstrip(".").strip()
-    if not text or len(text) > MAX_NUMBER_CHARS or not _NUMBER.fullmatch(text):
+    text = text.strip()
+    if not text or len(text) > MAX_NUMBER_CHARS:
+        return None
+    text = text.removesuffix(".")  # one sentence-ending period: "18." and "18.0." state 18
+    if not _NUMBER.fullmatch(text):
         return None
     cleaned = text.replace("$", "").replace(",", "").replace(" ", "")
     try:
@@ -82,18 +101,12 @@ def parse_number(text: str) -> Fraction | None:
         return None
 
 
-def last_number(text: str) -> Fraction | None:
-    """The last number that appears in free text, or None (fallback answer extraction)."""
-    found = _NUMBER.findall(text[-4 * MAX_NUMBER_CHARS * 16 :])
-    for candidate in reversed(found):
-        value = parse_number(candidate)
-        if value is not None:
-            return value
-    return None
-
-
 def integer_reward(text: str, weight: float = 0.5) -> float:
-    """``weight`` if the extracted answer is a string of digits (d1's ``int_reward``)."""
+    """``weight`` if the extracted answer is a string of digits (d1's ``int_reward``).
+
+    As released, ``str.isdigit`` decides, so non-ASCII digits (Arabic-Indic, fullwidth, superscripts) earn
+    this format credit too; correctness never counts them as the number (``parse_number``).
+    """
     return weight if extract_xml_answer(text).isdigit() else 0.0
 
 

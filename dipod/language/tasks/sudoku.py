@@ -9,6 +9,7 @@ all of its givens.
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -153,19 +154,28 @@ def target(ex: SudokuExample, fmt: str) -> str:
 
 
 def answer_digits(text: str, fmt: str) -> str:
-    """The digits the completion gives as its grid (compact: the whole text; d1: inside the answer tags)."""
+    """The first 16 digits the completion gives as its grid (compact: the whole text; d1: inside the last
+    answer-tag pair), as the release's ``extract_answer_sudoku`` reads them.
+
+    Every character that ``str.isdigit`` accepts counts, as released, so a non-ASCII digit takes a cell
+    (and is wrong there). There is no cap on the answer's length: reading its digits is linear in it.
+    """
     answer = text if fmt == "compact" else answer_in_tags(text)
     if answer is None:
         return ""
-    return "".join(ch for ch in answer[: 4 * CELLS * 4] if ch.isdigit())[:CELLS]
+    return "".join(itertools.islice(filter(str.isdigit, answer), CELLS))
 
 
 def reward(text: str, ex: SudokuExample, fmt: str) -> float:
-    """Fraction of the puzzle's blank cells filled with the right digit; missing digits count as wrong."""
+    """Fraction of the puzzle's blank cells filled with the right digit; missing digits count as wrong.
+
+    A puzzle with no blanks scores 0, as in the release's ``validate_sudoku_solution``: there is nothing
+    to solve, so nothing earns reward (the generator never makes one; a data file may hold one).
+    """
     digits = answer_digits(text, fmt)
     blanks = ex.blanks
     if not blanks:
-        return 1.0
+        return 0.0
     right = sum(1 for i in blanks if i < len(digits) and digits[i] == ex.solution[i])
     return right / len(blanks)
 
