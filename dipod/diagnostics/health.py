@@ -71,7 +71,8 @@ def zero_std_ratio(rewards: torch.Tensor, group_size: int, *, atol: float = REWA
 
     Such a group has zero group-relative advantage for every completion: it contributes nothing to the
     policy gradient. Group-centred advantages (with or without std normalisation) can be passed instead
-    of rewards, since they are all zero exactly when the rewards are all equal.
+    of rewards: equal rewards give equal advantages (spread 0, even where float rounding of the group mean
+    leaves them slightly off zero), and unequal rewards give unequal ones.
 
     Args:
         rewards: (B,) per-completion rewards.
@@ -264,7 +265,9 @@ class HealthConfig(BaseModel):
     enabled: bool = True
     """Compute and log ``health/*`` every step (a few cheap reductions of the rollout)."""
     reference_steps: int = Field(3, ge=1)
-    """Steps whose mean is the run-start reference of effective tokens, token NLL and ELBO per token."""
+    """Steps whose mean is the run-start reference of effective tokens, token NLL and ELBO per token. A run
+    that already collapses within them (a very large lr or |beta|) is still caught by the absolute signals
+    (equal-reward groups, degenerate outputs)."""
     patience: int = Field(3, ge=1)
     """Consecutive steps a signal must be past its threshold before it fires: with 8-64 prompts a step the
     batch statistics are noisy, while a collapse lasts (hundreds of steps in the release)."""
@@ -325,6 +328,16 @@ class AlarmReport:
     """Whether any signal has fired so far in the run (sticky)."""
     collapsed_at: int | None
     """The step (0-based count of ``update`` calls) at which the run was first flagged, if it was."""
+
+    def describe(self) -> str:
+        """A short flag for the progress line: "" while healthy, else e.g. "COLLAPSED@12 [zero_std]"."""
+        if not self.collapsed:
+            return ""
+        return (
+            f"COLLAPSED@{self.collapsed_at} [{', '.join(self.fired)}]"
+            if self.fired
+            else f"COLLAPSED@{self.collapsed_at}"
+        )
 
 
 class CollapseAlarm:

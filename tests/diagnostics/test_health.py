@@ -10,6 +10,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from dipod.advantages import group_advantages
 from dipod.diagnostics.health import (
     CollapseAlarm,
     HealthConfig,
@@ -56,6 +57,15 @@ def test_zero_std_ratio():
     assert zero_std_ratio(adv, 3).item() == pytest.approx(0.5)
     with pytest.raises(ValueError, match="groups of 5"):
         zero_std_ratio(rewards, 5)
+
+
+def test_zero_std_ratio_on_std_normalised_advantages():
+    # a group of 6 equal rewards 21/39: the float32 group mean is off by an ulp and dividing by std + 1e-4
+    # magnifies that residue to ~6e-4, far above 1e-6; the advantages are still all equal, which is measured
+    rewards = torch.tensor([21 / 39] * 6 + [0.0, 1.0, 0.5, 0.5, 0.25, 1.0])
+    adv = group_advantages(rewards, 6, normalize_std=True)
+    assert adv[:6].abs().max() > 1e-4  # not zero: a test on |A| would miss this group
+    assert zero_std_ratio(adv, 6).item() == pytest.approx(0.5)
 
 
 def test_degenerate_outputs():
@@ -173,6 +183,7 @@ def test_tokens_drop_fires_after_patience():
     assert reports[3].metrics["health/effective_tokens_drop"] == pytest.approx(0.75)
     assert [r.collapsed for r in reports] == [False] * 5 + [True] * 2
     assert reports[-1].collapsed_at == 5
+    assert (reports[4].describe(), reports[5].describe()) == ("", "COLLAPSED@5 [tokens_drop]")
     assert alarm.summary() == {"collapsed": True, "step": 5, "signals": ("tokens_drop",)}
 
 
@@ -183,6 +194,7 @@ def test_one_bad_step_is_forgiven_and_collapse_is_sticky():
     assert [r.fired for r in reports] == [(), (), (), (), ("zero_std",), (), ()]
     assert [r.collapsed for r in reports] == [False] * 4 + [True] * 3  # flagged from step 4 on
     assert reports[-1].metrics["health/alarms"] == 0.0 and reports[-1].metrics["health/collapsed"] == 1.0
+    assert reports[-1].describe() == "COLLAPSED@4"  # the flag stays after the signal calms down
 
 
 @pytest.mark.parametrize(
