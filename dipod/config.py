@@ -54,6 +54,9 @@ class TrainConfig(Strict):
     """Newest checkpoints kept in ``checkpoints/`` (older ones are deleted after each save)."""
     max_bad_steps: int = Field(5, ge=1)
     """Consecutive non-finite losses or gradients after which the run stops."""
+    stop_on_collapse: bool = False
+    """Stop the run (after a checkpoint) once the collapse alarm fires (``health``); either way the alarm is
+    flagged in the progress line, ``summary.json`` and ``dipod report``."""
     device: str = "cpu"
     """torch device: cpu, cuda, cuda:1, ..."""
     bf16: bool = False
@@ -76,26 +79,79 @@ class DriftConfig(Strict):
 
 
 class AdaptiveBetaConfig(Strict):
-    """Adaptive DiPOD weight driven by the drift monitor's gap (``dipod.diagnostics.adaptive_beta``).
+    """Adaptive DiPOD weight driven by the gap and a collapse signal (YAML-configurable, strict).
 
-    After each probe: gap > budget multiplies beta by ``factor``; gap < budget / hysteresis divides it;
-    in between it stays; always within [beta_min, beta_max]. Needs ``drift.every`` > 0.
+    The gap alone cannot tell a tight bound from a collapsed policy: a deterministic policy is trivially
+    tight, and a policy emitting only EOS can show any gap. Self-distilling a collapsing policy on its own
+    samples entrenches the collapse, so while the collapse signal is on, beta never grows.
     """
 
     budget: float = Field(gt=0)
-    """Gap (nats) the run tolerates on its own samples."""
+    """Gap log pi - ELBO (nats, as ``drift/gap`` reports it) the run tolerates on its own samples."""
     factor: float = Field(2.0, gt=1)
-    """Multiplier applied per adjustment."""
-    beta_min: float = Field(1e-3, gt=0)
+    """Multiplier applied per adjustment: PPO's adaptive-KL factor."""
+    beta_min: float = Field(1e-3, ge=0)
+    """Lower clamp; 0 lets the controller switch the term off."""
     beta_max: float = Field(1.0, gt=0)
+    """Upper clamp: a runaway weight would turn the update into pure self-distillation."""
     hysteresis: float = Field(1.5, ge=1)
-    """Below budget / hysteresis the weight shrinks; between the two thresholds it stays."""
+    """Below budget / hysteresis the weight shrinks; between the two thresholds it stays (PPO's 1.5)."""
+    reference_steps: int = Field(3, ge=1)
+    """Steps whose mean token NLL is the run-start entropy reference."""
+    max_entropy_drop: float | None = Field(0.5, gt=0, le=1)
+    """Collapsing when the chosen tokens' NLL (``health/token_nll``, the entropy estimate) has fallen by more
+    than this fraction of its start. Half the alarm's default (0.9): the controller should stop pushing well
+    before the run has to be stopped. None ignores this signal."""
+    max_zero_std_ratio: float | None = Field(0.8, gt=0, le=1)
+    """Collapsing when more than this fraction of groups have all-equal rewards (``health/zero_std_ratio``):
+    the within-group reward spread that the PG term learns from is mostly gone. None ignores this signal."""
+    on_collapse: Literal["shrink", "hold"] = "shrink"
+    """While collapsing, divide beta by ``factor`` at each measurement, or only stop it from growing."""
 
     @model_validator(mode="after")
     def _ordered(self) -> AdaptiveBetaConfig:
         if self.beta_min > self.beta_max:
-            raise ValueError(f"adaptive_beta.beta_min = {self.beta_min} > adaptive_beta.beta_max = {self.beta_max}")
+            raise ValueError(f"need beta_min <= beta_max, got {self.beta_min} > {self.beta_max}")
         return self
+
+
+class HealthConfig(Strict):
+    """Health metrics and the collapse alarm's thresholds. A threshold of None turns that signal's alarm off.
+
+    Relative signals compare with the run-start reference: the mean over the first ``reference_steps``
+    steps. A signal fires after ``patience`` consecutive steps past its threshold, so one unlucky batch
+    does not flag a run; the run counts as collapsed from the first time any signal fires.
+    """
+
+    enabled: bool = True
+    """Compute and log ``health/*`` every step (a few cheap reductions of the rollout)."""
+    reference_steps: int = Field(3, ge=1)
+    """Steps whose mean is the run-start reference of effective tokens, token NLL and ELBO per token. A run
+    that already collapses within them (a very large lr or |beta|) is still caught by the absolute signals
+    (equal-reward groups, degenerate outputs)."""
+    patience: int = Field(3, ge=1)
+    """Consecutive steps a signal must be past its threshold before it fires: with 8-64 prompts a step the
+    batch statistics are noisy, while a collapse lasts (hundreds of steps in the release)."""
+    max_tokens_drop: float | None = Field(0.5, gt=0, le=1)
+    """Fire when effective tokens fall by more than this fraction of the reference: a policy that stops
+    writing (the release's EOS-only collapse goes to ~100 %); RL that merely trims verbosity drops less."""
+    max_zero_std_ratio: float | None = Field(0.95, gt=0, le=1)
+    """Fire when more than this fraction of groups have all-equal rewards: almost no group carries a learning
+    signal (all failing after a collapse, or all solved). Just below 1 so that it needs (nearly) every group."""
+    max_degenerate_frac: float | None = Field(0.5, gt=0, le=1)
+    """Fire when more than this fraction of completions are degenerate (empty, one repeated token, or
+    group-identical): at that point most of the batch trains the policy on its own degenerate output."""
+    group_identical_is_degenerate: bool = True
+    """Count group-identical completions as degenerate. Set False on tasks with one correct answer written
+    one way (4x4 Sudoku), where a policy that has solved a prompt also repeats itself across the group."""
+    max_nll_drop: float | None = Field(0.9, gt=0, le=1)
+    """Fire when the chosen tokens' mean NLL (the entropy estimate) falls by more than this fraction of the
+    reference: the policy has turned near-deterministic (a trivially tight bound, no exploration left).
+    Sharpening by RL is expected, hence a high fraction."""
+    max_elbo_shift: float | None = Field(1.0, gt=0)
+    """Fire when the ELBO per token moves by more than this many nats from the reference, either way. One nat
+    per token is a factor e on every token's likelihood: far more than RL's sharpening on a pretrained policy,
+    and what a runaway bound (a reference term pushing it down, e.g. beta = -0.5) produces within tens of steps."""
 
 
 class RunConfigBase(Strict):
@@ -111,7 +167,10 @@ class RunConfigBase(Strict):
     train: TrainConfig = TrainConfig()
     drift: DriftConfig = DriftConfig()
     adaptive_beta: AdaptiveBetaConfig | None = None
-    """Adapt ``objective.dipod_beta`` (its starting value) from the drift monitor's gap; None keeps it fixed."""
+    """Adapt ``objective.dipod_beta`` (its starting value) from the drift monitor's gap and a collapse signal;
+    None keeps it fixed."""
+    health: HealthConfig = HealthConfig()
+    """Health metrics (``health/*``) and the collapse alarm."""
 
     @model_validator(mode="after")
     def _adaptive_needs_probe(self) -> RunConfigBase:
@@ -271,7 +330,7 @@ def _describe(exc: ValidationError, model: type[BaseModel], source: str, lines: 
 
 
 def _strip_tags(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    """``loc`` without the tags pydantic puts in for tagged unions (``objective.fpo.clip_low`` -> ``objective.clip_low``).
+    """``loc`` without the tags pydantic puts in for tagged unions: ``objective.fpo.x`` -> ``objective.x``.
 
     A part is a tag where its section may be one of several models, it names one of them, and it is no key.
     """

@@ -178,6 +178,11 @@ def _control_problems(cfg: ControlRunConfig) -> list[str]:
                 f"control.self_distill_iterations = {cc.self_distill_iterations} has no effect with "
                 "control.policy = 'gaussian' (self-distillation fits flow policies); set it to 0"
             )
+    if obj.dipod_scale == "mean":
+        problems.append(
+            "objective.dipod_scale = 'mean' scales by completion tokens, which control has none of (an action's "
+            "dimension is fixed); use 'sum' or 'normalized'"
+        )
     if cfg.train.bf16:
         problems.append(
             "train.bf16 = True has no effect on control runs: bf16 autocast applies to language models on CUDA; "

@@ -32,6 +32,7 @@ from dipod.control.policy import Critic, FlowPolicy, GaussianPolicy, Policy
 from dipod.control.probe import control_drift_probe
 from dipod.control.self_distill import self_distill
 from dipod.objectives import dipod_term, get_objective
+from dipod.objectives.dipod import advantage_scale
 from dipod.optim import clip_and_step, loss_is_finite
 from dipod.seeding import torch_generator
 from dipod.types import LossOut
@@ -99,6 +100,7 @@ class ControlTrainer:
         self._self_distill_done = cc.self_distill_iterations == 0  # the config allows it for flow policies only
         self._last_batch: dict[str, torch.Tensor] | None = None  # for the drift probe
         self._noise_keys: tuple[str, ...] = ()  # what the actor's draw_noise stores per transition
+        self._dipod_factor = 1.0  # what dipod_scale multiplies beta by for the current rollout
         self.self_distill_time_s = 0.0
 
     # ------------------------------------------------------------------ construction helpers
@@ -235,6 +237,10 @@ class ControlTrainer:
         self._store_old(batch, perms[0], mb_size)
         if cc.adv_norm == "batch":
             batch["adv"] = self._normalize_adv(batch["adv"])
+        # dipod_scale 'normalized': beta relative to the PG term, whose per-sample weights have size mean |A|
+        normalized = self.cfg.objective.dipod_scale == "normalized"
+        scaled_adv = self._normalize_adv(batch["adv"]) if cc.adv_norm == "minibatch" else batch["adv"]
+        self._dipod_factor = float(advantage_scale(scaled_adv)) if normalized else 1.0
 
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
@@ -311,7 +317,7 @@ class ControlTrainer:
         new = self.actor.score(mb["obs"], mb["actions"], {k: mb[k] for k in self._noise_keys})
         out = self.objective.fn(new, mb["old"], adv, self.cfg.objective)
         if self.dipod_beta > 0:  # the config allows it only for objectives with an ELBO (out.elbo)
-            out = out + dipod_term(out.elbo, self.dipod_beta)
+            out = out + dipod_term(out.elbo, self.dipod_beta * self._dipod_factor)
         value_loss = 0.5 * (self.critic(mb["obs"]) - mb["returns"]).pow(2).mean()
         return out, value_loss
 

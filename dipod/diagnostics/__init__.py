@@ -1,1 +1,2 @@
-"""Double-drift diagnostics, plots and reports."""
+"""Diagnostics: double drift (gap, gradient cosine), health signals and the collapse alarm, adaptive beta,
+plots and reports."""

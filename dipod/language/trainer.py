@@ -46,6 +46,7 @@ import torch
 
 from dipod.advantages import group_advantages
 from dipod.bounds.masked import MaskDraws, draw_masks, elbo_from_logprobs, masked_token_logprobs
+from dipod.diagnostics.health import health_signals
 from dipod.language.config import LanguageRunConfig
 from dipod.language.draws import draw_noise
 from dipod.language.lora import frozen_copy, has_adapters, reference_mode
@@ -63,6 +64,7 @@ from dipod.language.rollout import (
 )
 from dipod.language.tasks import get_task
 from dipod.objectives import MaskedScores, dipod_term, elbo_difference_penalty, get_objective, k3_kl
+from dipod.objectives.dipod import advantage_scale
 from dipod.objectives.params import reference_weight
 from dipod.optim import clip_and_step, loss_is_finite
 from dipod.seeding import numpy_rng, torch_generator
@@ -170,6 +172,7 @@ class LanguageTrainer:
         self.probe_rng = numpy_rng(cfg.seed, "probe_prompts")
         self.step = 0
         self.samples = 0
+        self._dipod_factor = 1.0  # what dipod_scale multiplies beta by for the current rollout
 
     def _check_fits(self) -> None:
         """Settings that would fail at the first step, rejected now: a chat template the tokenizer lacks, and
@@ -236,7 +239,9 @@ class LanguageTrainer:
         if self.objective.draws == "one_step" and self.dipod_beta > 0:
             batch.elbo_draws = draw_masks(valid, lang.elbo_draws, generator=self.generator, scheme=lang.elbo_scheme)
         self._score_old(batch)
+        self._dipod_factor = self._dipod_scale_factor(batch)
         metrics = {
+            **self._health(batch, s.rewards),
             "reward_mean": float(s.rewards.mean()),
             "reward_std": float(s.rewards.std()) if s.rewards.numel() > 1 else 0.0,
             "accuracy": float(s.decoded.accuracy.mean()),
@@ -244,6 +249,39 @@ class LanguageTrainer:
             "nfe": float(s.decoded.nfe),
         }
         return batch, metrics
+
+    def _health(self, batch: RolloutBatch, rewards: torch.Tensor) -> dict[str, float]:
+        """``health/*`` signals of the rollout (``health_signals``): lengths, equal-reward groups, degenerate
+        completions, and, from the old scores where the objective has them, token NLL and ELBO per token."""
+        if not self.cfg.health.enabled:
+            return {}
+        logp = batch.old_logp
+        elbo = None
+        if logp is not None and self.objective.draws == "elbo":
+            elbo = elbo_from_logprobs(logp, batch.draws, batch.valid, scale="sum")  # (B,)
+        signals = health_signals(
+            batch.completion_ids, batch.valid, rewards, self.cfg.language.group_size,
+            eos_id=self.tokenizer.eos_token_id, pad_id=self.tokenizer.pad_token_id,
+            token_logp=logp, draw_mask=None if logp is None else batch.draws.mask, elbo=elbo,
+            group_identical_is_degenerate=self.cfg.health.group_identical_is_degenerate,
+        )  # fmt: skip
+        return signals.metrics()
+
+    def _dipod_scale_factor(self, batch: RolloutBatch) -> float:
+        """What ``objective.dipod_scale`` multiplies beta by for this rollout (``dipod.objectives.dipod``).
+
+        Computed once over the whole rollout, so micro-batches share it and their sum is the whole batch's term:
+        mean divides a sequence-sum ELBO by the rollout's mean completion length (sum_b ELBO_b / sum_b L_b in
+        total); normalized multiplies by the rollout's mean |A| (weighted like the objective's mean).
+        """
+        scale = self.cfg.objective.dipod_scale
+        per_token = self.objective.mean_over == "tokens"  # SPG / diffu-GRPO: the ELBO the term uses is per token
+        lengths = batch.valid.sum(-1).float()  # (B,)
+        if scale == "mean" and not per_token:
+            return 1.0 / float(lengths.mean().clamp(min=1.0))
+        if scale == "normalized":
+            return float(advantage_scale(batch.adv, lengths if per_token else None))
+        return 1.0
 
     def _draw(
         self, valid: torch.Tensor, prompt_attn: torch.Tensor, generator: torch.Generator | None = None
@@ -303,7 +341,7 @@ class LanguageTrainer:
             out.stats["elbo_mean"] = elbo.detach().mean()
         if beta > 0:  # a per-token ELBO weighted by length for per-token objectives: a token mean
             weights = mb.valid.sum(-1) if self.objective.mean_over == "tokens" else None
-            out = out + dipod_term(elbo, beta, weights=weights)
+            out = out + dipod_term(elbo, beta * self._dipod_factor, weights=weights)
         if self.kl_beta > 0:
             if ocfg.kl_type == "k3":
                 out = out + k3_kl(new.token_logp.mean(1), mb.ref_logp.mean(1), mb.valid, self.kl_beta)

@@ -6,6 +6,8 @@ names, so a setting of another method (SPG's ``eubo_beta`` under FPO, say) is an
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from dipod.config import Strict
@@ -18,6 +20,10 @@ class ObjectiveParams(Strict):
     """Registered objective (``dipod.objectives.OBJECTIVES``)."""
     dipod_beta: float = Field(0.05, ge=0)
     """Weight of DiPOD's on-policy ELBO term; 0 gives the plain baseline."""
+    dipod_scale: Literal["sum", "mean", "normalized"] = "sum"
+    """What beta weighs (``dipod.objectives.dipod``): sum, the release's term on the objective's own ELBO;
+    mean, the ELBO per completion token (beta in nats per token, whatever the length); normalized, the sum
+    term times the rollout's mean |advantage| (beta relative to the PG term, whatever the advantage scale)."""
 
 
 class ClipParams(ObjectiveParams):

@@ -8,10 +8,13 @@ experiments pass more (extra logging, early stops) to ``run_training(..., hooks=
 
 from __future__ import annotations
 
+import math
 from typing import Any, Protocol
 
-from dipod.diagnostics.adaptive_beta import adapt_beta
+from dipod.config import AdaptiveBetaConfig, HealthConfig
+from dipod.diagnostics.adaptive_beta import TwoSignalBeta
 from dipod.diagnostics.drift import DriftMonitor
+from dipod.diagnostics.health import CollapseAlarm, HealthSignals
 from dipod.runs.config import RunConfig
 from dipod.types import Trainer
 
@@ -38,6 +41,10 @@ class Hook(Protocol):
         """Restore ``state_dict()``."""
         ...
 
+    def summary(self) -> dict[str, Any]:
+        """What ``summary.json`` should say of this hook (empty: nothing)."""
+        ...
+
 
 class StatelessHook:
     """Defaults for hooks that keep no state and never stop a run."""
@@ -58,6 +65,10 @@ class StatelessHook:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """No state to restore."""
 
+    def summary(self) -> dict[str, Any]:
+        """Nothing for the summary."""
+        return {}
+
 
 class DriftProbe(StatelessHook):
     """Runs the trainer's drift probe every ``every`` steps (``DriftMonitor``), with its cost as ``drift/seconds``."""
@@ -77,40 +88,102 @@ class DriftProbe(StatelessHook):
         row.update(self.monitor.maybe_probe(trainer.step))
 
 
+def _number(row: dict[str, Any], key: str) -> float:
+    value = row.get(key)
+    return math.nan if value is None else float(value)
+
+
 class AdaptiveBeta(StatelessHook):
-    """Adapts DiPOD's weight from each probe's gap (``adapt_beta``) and logs it as ``dipod_beta``."""
+    """Adapts DiPOD's weight from each probe's gap and a collapse signal (``TwoSignalBeta``).
+
+    Every row records the beta its step used (``dipod_beta``) and whether the collapse signal holds beta
+    down (``dipod_beta_collapsing``); beta changes after steps with a probe.
+    """
 
     name = "adaptive_beta"
 
-    def __init__(self, settings: Any, beta: float) -> None:
-        self.settings = settings
-        self.beta = beta
+    def __init__(self, settings: AdaptiveBetaConfig, beta: float) -> None:
+        self.controller = TwoSignalBeta(settings, beta)
 
     def after_step(self, trainer: Trainer, row: dict[str, Any]) -> None:
-        """After a probe, set the next beta; every row records the beta its step used."""
-        row["dipod_beta"] = self.beta
-        if "drift/gap" in row:
-            self.beta = adapt_beta(self.beta, float(row["drift/gap"]), self.settings)
-            trainer.set_dipod_beta(self.beta)
+        """Log the beta in force, then take this step's gap (if probed), token NLL and reward spread."""
+        row.update(self.controller.metrics())
+        before = self.controller.beta
+        beta = self.controller.update(
+            _number(row, "drift/gap"),
+            token_nll=_number(row, "health/token_nll"),
+            zero_std_ratio=_number(row, "health/zero_std_ratio"),
+        )
+        if beta != before:
+            trainer.set_dipod_beta(beta)
 
     def state_dict(self) -> dict[str, Any]:
-        """The current beta."""
-        return {"beta": self.beta}
+        """The controller's beta, entropy reference and collapse flag."""
+        return self.controller.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore beta; the trainer gets it back through ``restore``."""
-        self.beta = float(state["beta"])
+        """Restore the controller; the trainer gets its beta back through ``restore``."""
+        self.controller.load_state_dict(state)
 
     def restore(self, trainer: Trainer) -> None:
         """Give a rebuilt trainer the beta the run had reached."""
-        trainer.set_dipod_beta(self.beta)
+        trainer.set_dipod_beta(self.controller.beta)
+
+
+class HealthWatch(StatelessHook):
+    """The collapse alarm (``CollapseAlarm``) on the ``health/*`` signals a trainer reports.
+
+    Adds the relative signals, ``health/alarms`` and ``health/collapsed`` to each row that has signals,
+    puts the first collapse (step, signals) into ``summary.json``, and stops the run when ``stop`` is set.
+    """
+
+    name = "health"
+
+    def __init__(self, settings: HealthConfig, *, stop: bool) -> None:
+        self.alarm = CollapseAlarm(settings)
+        self.stop = stop
+        self.first_step: int | None = None
+        self.flag = ""
+
+    def after_step(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        """Feed the step's signals to the alarm (rows without them, e.g. control's, are left alone)."""
+        signals = HealthSignals.from_metrics(row)
+        if signals is None:
+            return
+        report = self.alarm.update(signals)
+        row.update(report.metrics)
+        if report.collapsed and self.first_step is None:
+            self.first_step = trainer.step
+        self.flag = report.describe()
+
+    def stop_reason(self) -> str | None:
+        """With ``train.stop_on_collapse``, the signals that fired."""
+        if self.stop and self.first_step is not None:
+            return f"collapse alarm ({', '.join(self.alarm.collapse_signals)}) at step {self.first_step}"
+        return None
+
+    def summary(self) -> dict[str, Any]:
+        """Whether and when (training step) the run was flagged, and by which signals."""
+        return {"collapsed": self.first_step is not None, "step": self.first_step,
+                "signals": list(self.alarm.collapse_signals)}  # fmt: skip
+
+    def state_dict(self) -> dict[str, Any]:
+        """The alarm's references and streaks, and the step of the first collapse."""
+        return {"alarm": self.alarm.state_dict(), "first_step": self.first_step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict()``."""
+        self.alarm.load_state_dict(state["alarm"])
+        self.first_step = state["first_step"]
 
 
 def hooks_for(cfg: RunConfig) -> list[Hook]:
-    """The hooks ``cfg`` asks for: the drift probe, then adaptive beta (which reads the probe's gap)."""
+    """The hooks ``cfg`` asks for: the drift probe, the collapse alarm, then adaptive beta (which reads both)."""
     hooks: list[Hook] = []
     if cfg.drift.every > 0:
         hooks.append(DriftProbe(cfg.drift.every))
+    if cfg.health.enabled:
+        hooks.append(HealthWatch(cfg.health, stop=cfg.train.stop_on_collapse))
     if cfg.adaptive_beta is not None:
         hooks.append(AdaptiveBeta(cfg.adaptive_beta, cfg.objective.dipod_beta))
     return hooks

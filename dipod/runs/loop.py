@@ -250,7 +250,9 @@ def open_trainer(
     return trainer
 
 
-def _summary(cfg: RunConfig, status: str, trainer: Trainer, time_s: float, rows: list[dict[str, Any]]) -> dict:
+def _summary(
+    cfg: RunConfig, status: str, trainer: Trainer, time_s: float, rows: list[dict[str, Any]], hooks: Sequence[Hook]
+) -> dict:
     rewards = [r["reward_mean"] for r in rows if _finite(r.get("reward_mean"))]
     evals = [r for r in rows if any(k.startswith("eval/") for k in r)]
     last = rows[-1] if rows else {}
@@ -267,8 +269,9 @@ def _summary(cfg: RunConfig, status: str, trainer: Trainer, time_s: float, rows:
         "time_s": time_s,
         "final_reward": rewards[-1] if rewards else None,
         "best_reward": max(rewards) if rewards else None,
-        "final": {k: v for k, v in last.items() if not k.startswith(("eval/", "drift/"))},
+        "final": {k: v for k, v in last.items() if not k.startswith(("eval/", "drift/", "health/"))},
         "eval": {k: v for k, v in (evals[-1] if evals else {}).items() if k.startswith("eval/")},
+        **{hook.name: summary for hook in hooks if (summary := hook.summary())},
     }
 
 
@@ -372,7 +375,7 @@ class _Run:
         return "; ".join(reasons) or None
 
     def write_summary(self, status: str) -> dict[str, Any]:
-        summary = _summary(self.cfg, status, self.trainer, self.elapsed(), self.rows)
+        summary = _summary(self.cfg, status, self.trainer, self.elapsed(), self.rows, self.hooks)
         if self.writer:
             _write_json(self.run_dir / "summary.json", summary)
         return summary

@@ -25,7 +25,7 @@ class RunProgress:
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("reward {task.fields[reward]}"),
+                TextColumn("reward {task.fields[reward]}{task.fields[flag]}"),
                 TimeElapsedColumn(),
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
@@ -33,18 +33,21 @@ class RunProgress:
                 transient=False,
             )
             self._progress.start()
-            self._task = self._progress.add_task(self._description, total=self._total, completed=self._done, reward="-")
+            self._task = self._progress.add_task(
+                self._description, total=self._total, completed=self._done, reward="-", flag=""
+            )
         return self
 
     def update(self, step: int, metrics: dict[str, Any]) -> None:
         if self._progress is None:
             return
         reward = metrics.get("reward_mean")
+        flag = {"flag": "  COLLAPSE ALARM"} if metrics.get("health/collapsed") == 1.0 else {}
         if reward is None:  # nothing new to show: keep the last value
-            self._progress.update(self._task, completed=step)
+            self._progress.update(self._task, completed=step, **flag)
             return
         text = f"{reward:+.3f}" if isinstance(reward, float) and math.isfinite(reward) else "-"
-        self._progress.update(self._task, completed=step, reward=text)
+        self._progress.update(self._task, completed=step, reward=text, **flag)
 
     def log(self, message: str) -> None:
         """A line above the bar (always shown: warnings must reach quiet runs too)."""
