@@ -187,3 +187,19 @@ def test_draw_elbo_noise_is_stratified_log_uniform_and_checked():
     with pytest.raises(ValueError, match="tau_density"):
         flow_elbo(torch.ones(1, 1), torch.full((1, 1), 0.5), torch.zeros(1, A), tau_min=0.1, tau_max=1.0,
                   tau_density="beta")  # fmt: skip
+
+
+def test_policy_elbo_is_in_env_units_and_differentiable():
+    # FlowPolicy.elbo = flow_elbo of the scaled actions - A log(scale), as FlowPolicy.loglik shifts the exact one.
+    from dipod.control.policy import FlowPolicy
+
+    g = torch.Generator().manual_seed(0)
+    policy = FlowPolicy(3, A, hidden=(16,), actor_scale=2.0, generator=g)
+    obs, actions = torch.randn(4, 3, generator=g), torch.randn(4, A, generator=g)
+    draws = draw_elbo_noise(4, 8, A, generator=g)
+    bound = policy.elbo(obs, actions, draws)
+    scaled = flow_elbo(cfm_loss(policy.velocity, obs, actions / 2.0, draws), draws.tau, actions / 2.0,
+                       tau_min=1e-3, tau_max=1.0)  # fmt: skip
+    torch.testing.assert_close(bound, scaled - A * math.log(2.0))
+    bound.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in policy.parameters())
