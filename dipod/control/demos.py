@@ -79,6 +79,21 @@ class Demonstrations:
         return int(self.episode_lengths.shape[0])
 
 
+def require_minari(*, collector: bool = False) -> None:
+    """Raise an ImportError that says how to install Minari with HDF5 storage (and, to record, its DataCollector)."""
+    try:
+        import h5py  # noqa: F401
+        import minari  # noqa: F401
+
+        if collector:
+            import jax  # noqa: F401  (minari.DataCollector's episode buffer uses jax.tree_util)
+    except ImportError as exc:
+        raise ImportError(
+            f"demonstrations need Minari with HDF5 storage and its DataCollector ({exc.name} is missing): "
+            "pip install 'dipod[control]' (or 'minari[hdf5,create]')"
+        ) from None
+
+
 # --------------------------------------------------------------------------- recording
 
 
@@ -183,6 +198,7 @@ def collect_demonstrations(
         action_noise: Gaussian action noise, std relative to the action box's half-width (0: none).
         max_episode_steps: overrides the env's time limit (short episodes for tests).
     """
+    require_minari(collector=True)
     from minari import DataCollector
     from minari.dataset.minari_dataset import parse_dataset_id
 
@@ -303,6 +319,7 @@ def load_demonstrations(
     it is not empty, and (when ``env_id`` is given) its observation and action shapes match the env's.
     Every error names the file and the mismatch.
     """
+    require_minari()
     from minari import MinariDataset
 
     data_dir = resolve_dataset(source, root=root)

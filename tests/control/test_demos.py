@@ -15,6 +15,7 @@ from dipod.control.demos import (
     collect_demonstrations,
     load_demonstrations,
     noisy_action,
+    require_minari,
     resolve_dataset,
     rollout_episodes,
     split_episodes,
@@ -167,3 +168,12 @@ def test_collect_checks_before_any_step(tmp_path, dataset):
     with pytest.raises(ValueError, match="Malformed dataset ID"):
         collect_demonstrations(ENV, _expert, episodes=1, out=tmp_path / "y", dataset_id="bad id!")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_missing_minari_says_how_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "jax", None)  # an import of jax now raises ImportError
+    with pytest.raises(ImportError, match=r"jax is missing\): pip install 'dipod\[control\]'"):
+        require_minari(collector=True)
+    require_minari()  # loading does not need jax
