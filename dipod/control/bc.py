@@ -11,6 +11,18 @@ damaged file) whose payload adds ``kind = "bc"``, the env id, the observation an
 actor's constructor arguments and state, and the normaliser. ``load_pretrained_actor`` reads it back
 for the RL trainer and refuses one from a different env or architecture before any work.
 
+The pretrain -> fine-tune path, from Python::
+
+    from dipod.config import load_config
+    from dipod.control.bc import train_bc
+    from dipod.control.demos import collect_demonstrations
+    from dipod.control.experts import expert_policy_fn
+
+    expert, _ = expert_policy_fn("runs/hopper_gaussian_ppo", seed=0)  # a partly trained run: "medium"
+    collect_demonstrations("Hopper-v5", expert, episodes=100, out="demos/hopper-medium-v0", action_noise=0.1)
+    train_bc(load_config("configs/control/hopper_bc.yaml"), out_dir="runs/hopper_bc")
+    # then an RL config with control.init_from = runs/hopper_bc (load_pretrained_actor)
+
 Shape legend: M pairs, B batch, N (tau, eps) draws, S observation dim, A action dim.
 """
 
