@@ -6,7 +6,7 @@ $(VENV_STAMP): pyproject.toml
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev,data]"
+	$(PY) -m pip install -q -e ".[dev,data,control]"
 	touch $(VENV_STAMP)
 
 .PHONY: demo test test-all bench lint

@@ -151,7 +151,7 @@ def _load_target(target: Path) -> tuple[Path, dict, Path | None]:
 
     For a run directory the newest readable checkpoint is used, falling back past unreadable ones.
     """
-    from dipod.runs.checkpoint import latest_checkpoint, load_checkpoint
+    from dipod.checkpoints import latest_checkpoint, load_checkpoint
 
     if target.is_file():
         run_dir = target.parent.parent if target.parent.name == "checkpoints" else None
@@ -172,7 +172,7 @@ def eval_(
     """Evaluate a checkpoint (accuracy / return, reward, effective tokens, NFE) and write the metrics as JSON."""
     from dipod.config import ConfigError, apply_overrides
     from dipod.runs import open_trainer, trainers, validate_config
-    from dipod.runs.checkpoint import CheckpointError
+    from dipod.checkpoints import CheckpointError
     from dipod.runs.rng import set_global_rng_state
 
     try:

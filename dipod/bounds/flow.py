@@ -6,6 +6,8 @@ steps x <- x - dt * v(x, tau_k, s), tau_k = 1 - k / N.
 
 - ``cfm_loss``: the per-draw conditional flow-matching loss; -CFM is, up to weights and constants,
   the flow ELBO, so exp(l_old - l_new) is an ELBO ratio (FPO).
+- ``flow_elbo``: the properly weighted ELBO (weight (1 - tau) / tau per unit of squared velocity error,
+  plus the decoder and prior terms), a bound with a level, from the same per-draw CFM losses.
 - ``euler_loglik``: exact log-likelihood of the N-step Euler sampler by change of variables,
   log N(z) - sum_k log |det(I - dt * dv/dx)| along the inverted path.
 - ``ode_loglik``: the continuous-time flow's log-likelihood, log N(x_1) + int_0^1 div v dtau.
@@ -89,6 +91,100 @@ def cfm_loss(velocity_fn: VelocityFn, obs: torch.Tensor, actions: torch.Tensor, 
 def cfm_elbo(cfm_losses: torch.Tensor) -> torch.Tensor:
     """(B,) flow ELBO surrogate -mean_N l_i: equal to the ELBO up to a positive weight and a constant."""
     return -cfm_losses.mean(-1)
+
+
+ELBO_TAU_MIN = 1e-3
+"""Default lower end of the ELBO's tau range: the decoder's noise level (bias O(tau_min^2) for a smooth flow)."""
+
+
+def draw_elbo_noise(
+    batch: int,
+    num_draws: int,
+    action_dim: int,
+    *,
+    generator: torch.Generator,
+    device: torch.device | str = "cpu",
+    tau_min: float = ELBO_TAU_MIN,
+    tau_max: float = 1.0,
+) -> FlowDraws:
+    """(tau, eps) draws for ``flow_elbo`` with ``tau_density="log_uniform"``: tau log-uniform, stratified.
+
+    The ELBO weight (1 - tau) / tau makes uniform tau a high-variance estimator near tau_min; sampling
+    log tau uniformly on [log tau_min, log tau_max] cancels the 1 / tau. Each row's N draws are stratified
+    (one per 1/N-quantile of log tau), as LLaDA stratifies mask ratios, which lowers the variance further
+    and keeps the estimate unbiased.
+    """
+    if not 0.0 < tau_min < tau_max <= 1.0:
+        raise ValueError(f"need 0 < tau_min < tau_max <= 1, got tau_min={tau_min}, tau_max={tau_max}")
+    strata = torch.arange(num_draws, device=device, dtype=torch.float32)  # (N,)
+    u = (strata + torch.rand(batch, num_draws, generator=generator, device=device)) / num_draws  # (B, N)
+    log_min, log_max = math.log(tau_min), math.log(tau_max)
+    tau = torch.exp(log_min + (log_max - log_min) * u).clamp(tau_min, tau_max)
+    eps = torch.randn(batch, num_draws, action_dim, generator=generator, device=device)
+    return FlowDraws(tau=tau, eps=eps)
+
+
+def flow_elbo(
+    cfm_losses: torch.Tensor,
+    tau: torch.Tensor,
+    actions: torch.Tensor,
+    *,
+    tau_min: float,
+    tau_max: float,
+    tau_density: str = "log_uniform",
+) -> torch.Tensor:
+    """(B,) the flow's evidence lower bound, in nats, from per-draw CFM losses: a level, not only a trend.
+
+    Derivation. The interpolation x_tau = tau * eps + (1 - tau) * a is the Gaussian diffusion
+    q(x_tau | a) = N((1 - tau) a, tau^2 I), with signal-to-noise ratio SNR(tau) = (1 - tau)^2 / tau^2.
+    A velocity v(x, tau) defines a denoiser a_hat = x - tau * v (because a = x_tau - tau (eps - a)), hence
+    a score and a reverse-time SDE (drift 2 v + x / (1 - tau), noise g^2 = 2 tau / (1 - tau)) whose
+    probability-flow ODE is exactly dx/dtau = v, the flow the sampler integrates. Seen as this diffusion,
+    the continuous-time variational bound (Kingma et al. 2021, "Variational Diffusion Models", eq. 17:
+    -1/2 int SNR'(tau) ||a - a_hat||^2 dtau) reads, with SNR' = -2 (1 - tau) / tau^3 and
+    ||a - a_hat||^2 = tau^2 ||v - (eps - a)||^2,
+
+        ELBO(a) = E_eps log p(a | x_tau_min) - KL(q(x_tau_max | a) || N(0, I))
+                  - int_{tau_min}^{tau_max} (1 - tau) / tau * E_eps ||v(x_tau, tau) - (eps - a)||^2 dtau,
+
+    the squared error summed over the A action dimensions (``cfm_losses`` are means over A, so times A).
+    Decoder p(a | x) = N(x / (1 - tau_min), (tau_min / (1 - tau_min))^2 I), whose expected log density
+    under q is the constant -A/2 log(2 pi) - A log(tau_min / (1 - tau_min)) - A/2. Prior N(0, I) at
+    tau_max (the sampler's start), KL = 1/2 sum_A [tau_max^2 + (1 - tau_max)^2 a^2 - 1 - 2 log tau_max],
+    zero at tau_max = 1. The integral is estimated from the draws by importance weighting with their
+    density p(tau): 1 / (tau log(tau_max / tau_min)) for ``draw_elbo_noise`` ("log_uniform"),
+    1 / (tau_max - tau_min) for ``draw_flow_noise`` with beta_t = 1 ("uniform", which reuses a
+    rollout's stored draws but has a larger variance).
+
+    What it bounds. ELBO <= log p_SDE(a), the likelihood of the stochastic sampler above, for any v.
+    When v is the exact marginal velocity of its own path (a perfectly self-consistent flow), the SDE and
+    the ODE sampler have the same marginals and ELBO -> log pi_ODE(a) for every a as tau_min -> 0,
+    tau_max = 1 (error O(tau_min^2)). For an inconsistent v the ODE likelihood is a different model's,
+    so exact log-likelihood - ELBO measures how far the flow is from being its own diffusion; it is not
+    guaranteed non-negative. The uniform-weight CFM surrogate ``cfm_elbo`` differs from this by the
+    per-tau weight (1 - tau) / tau * A * (tau_max - tau_min) and the constants.
+
+    Args:
+        cfm_losses: (B, N) per-draw losses from ``cfm_loss`` (mean over A). tau: (B, N) their noise levels,
+            inside [tau_min, tau_max]. actions: (B, A) in the flow's (scaled) units.
+        tau_density: how ``tau`` was drawn, "log_uniform" (``draw_elbo_noise``) or "uniform".
+    """
+    if not 0.0 < tau_min < tau_max <= 1.0:
+        raise ValueError(f"need 0 < tau_min < tau_max <= 1, got tau_min={tau_min}, tau_max={tau_max}")
+    action_dim = actions.shape[-1]
+    if tau_density == "log_uniform":
+        inv_density = tau * math.log(tau_max / tau_min)  # (B, N) 1 / p(tau)
+    elif tau_density == "uniform":
+        inv_density = torch.full_like(tau, tau_max - tau_min)
+    else:
+        raise ValueError(f"unknown tau_density {tau_density!r}; expected 'log_uniform' or 'uniform'")
+    sq_err = action_dim * cfm_losses  # (B, N) squared velocity error summed over A
+    diffusion = ((1.0 - tau) / tau * sq_err * inv_density).mean(-1)  # (B,)
+    decoder = -0.5 * action_dim * (math.log(2 * math.pi) + 1.0) - action_dim * math.log(tau_min / (1.0 - tau_min))
+    prior_kl = 0.5 * (
+        action_dim * (tau_max**2 - 1.0 - 2.0 * math.log(tau_max)) + (1.0 - tau_max) ** 2 * actions.pow(2).sum(-1)
+    )  # (B,)
+    return decoder - prior_kl - diffusion
 
 
 def euler_times(num_steps: int, device: torch.device | str = "cpu") -> torch.Tensor:

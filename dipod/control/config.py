@@ -24,6 +24,35 @@ def _minibatch_problem(num_envs: int, rollout_steps: int, num_minibatches: int) 
     )
 
 
+class BCConfig(BaseModel):
+    """Behaviour cloning of a flow policy on demonstrations (``dipod.control.bc.train_bc``).
+
+    The policy's architecture comes from the control section (actor_hidden, time_embed_dim, actor_scale,
+    ...), so the RL run that starts from the clone (``control.init_from``) builds the same network.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    dataset: str | None = None
+    """Minari dataset: a local path, or a dataset id under $MINARI_DATASETS_PATH (never downloaded)."""
+    steps: int = Field(5000, ge=1)
+    """Optimiser steps."""
+    batch_size: int = Field(256, ge=1)
+    """(obs, action) pairs per step."""
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    cfm_draws: int = Field(4, ge=1)
+    """(tau, eps) draws per pair and step."""
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    """Share of whole episodes held out for the validation loss (at least one when > 0 and E >= 2)."""
+    val_every: int = Field(250, ge=0)
+    """Validation CFM loss and weighted ELBO on the held-out episodes every this many steps; 0 only at the end."""
+    eval_every: int = Field(0, ge=0)
+    """Return of the cloned policy in the env every this many steps; 0 only at the end."""
+    eval_episodes: int = Field(10, ge=1)
+    checkpoint_every: int = Field(1000, ge=1)
+
+
 class ControlConfig(BaseModel):
     """Environment, policy, rollout and update settings of a control run.
 
@@ -92,6 +121,15 @@ class ControlConfig(BaseModel):
     eval_episodes: int = Field(4, ge=1)
     """Episodes per evaluation (deterministic flow noise from the eval generator)."""
 
+    # ------------------------------------------------------------------ pre-training and RL from it
+    bc: BCConfig = Field(default_factory=BCConfig)
+    """Behaviour cloning on demonstrations (``dipod sft`` with a control config)."""
+    init_from: str | None = None
+    """BC checkpoint (file, or a directory whose checkpoints/ holds them) to start the actor and the
+    observation normaliser from; None starts from random initialisation. Flow policies only."""
+    critic_warmup_iterations: int = Field(0, ge=0)
+    """RL iterations at the start that update only the critic (the actor stays as loaded), as DPPO does."""
+
     # Checks on one field report that field (``control.num_minibatches = 3: ...``); the model validator
     # repeats the divisibility check for assignments to num_envs or rollout_steps after construction.
 
@@ -116,6 +154,10 @@ class ControlConfig(BaseModel):
         problem = _minibatch_problem(self.num_envs, self.rollout_steps, self.num_minibatches)
         if problem is not None:
             raise ValueError(problem)
+        if self.init_from is not None and self.policy != "flow":
+            raise ValueError(
+                f"control.init_from = {self.init_from!r} loads a flow policy, but control.policy = {self.policy!r}"
+            )
         return self
 
 

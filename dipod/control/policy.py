@@ -13,7 +13,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from dipod.bounds.flow import FlowDraws, cfm_loss, draw_flow_noise, euler_loglik, euler_sample
+from dipod.bounds.flow import ELBO_TAU_MIN, FlowDraws, cfm_loss, draw_flow_noise, euler_loglik, euler_sample, flow_elbo
 
 ACTIVATIONS = {"elu": nn.ELU, "tanh": nn.Tanh, "relu": nn.ReLU, "silu": nn.SiLU}
 
@@ -87,6 +87,26 @@ class FlowPolicy(nn.Module):
     def cfm_losses(self, obs: torch.Tensor, actions: torch.Tensor, draws: FlowDraws) -> torch.Tensor:
         """(B, N) per-draw CFM losses of env-unit actions (B, A); -mean over N is the ELBO surrogate."""
         return cfm_loss(self.velocity, obs, actions / self.actor_scale, draws)
+
+    def elbo(
+        self,
+        obs: torch.Tensor,
+        actions: torch.Tensor,
+        draws: FlowDraws,
+        *,
+        tau_min: float = ELBO_TAU_MIN,
+        tau_max: float = 1.0,
+        tau_density: str = "log_uniform",
+    ) -> torch.Tensor:
+        """(B,) weighted flow ELBO (``dipod.bounds.flow.flow_elbo``) of env-unit actions, in env units.
+
+        ``draws`` come from ``draw_elbo_noise`` with the same tau range (or uniform ones with
+        tau_density="uniform"). The action scale enters as the log-likelihood's does: - A * log(scale).
+        """
+        scaled = actions / self.actor_scale
+        losses = cfm_loss(self.velocity, obs, scaled, draws)  # (B, N)
+        bound = flow_elbo(losses, draws.tau, scaled, tau_min=tau_min, tau_max=tau_max, tau_density=tau_density)
+        return bound - self.action_dim * math.log(self.actor_scale)
 
     def loglik(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """(B,) exact log-likelihood of env-unit actions under the Euler sampler (small A only)."""

@@ -1,6 +1,6 @@
 """Run directories: resolved config, JSONL + TensorBoard metrics, atomic checkpoints, the one resumable run loop."""
 
-from dipod.runs.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from dipod.checkpoints import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from dipod.runs.config import RunConfig, load_config, validate_config
 from dipod.runs.hooks import Hook, StatelessHook
 from dipod.runs.loop import BadStepsError, RunDirError, RunResult, open_trainer, run_training

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from dipod.config import ConfigError, dump_config
-from dipod.runs.checkpoint import (
+from dipod.checkpoints import (
     CheckpointError,
     checkpoint_path,
     latest_checkpoint,

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from dipod.runs.checkpoint import (
+from dipod.checkpoints import (
     CheckpointError,
     checkpoint_path,
     latest_checkpoint,

@@ -12,7 +12,7 @@ import torch
 
 from dipod.config import ConfigError
 from dipod.runs import BadStepsError, run_training
-from dipod.runs.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from dipod.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
 from dipod.runs.config import load_config
 from dipod.runs.loop import RunDirError, is_bad_step, nonfinite_tensors
 from dipod.runs.metrics import read_metrics
