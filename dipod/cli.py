@@ -170,9 +170,9 @@ def eval_(
     quiet: QuietOption = False,
 ) -> None:
     """Evaluate a checkpoint (accuracy / return, reward, effective tokens, NFE) and write the metrics as JSON."""
+    from dipod.checkpoints import CheckpointError
     from dipod.config import ConfigError, apply_overrides
     from dipod.runs import open_trainer, trainers, validate_config
-    from dipod.checkpoints import CheckpointError
     from dipod.runs.rng import set_global_rng_state
 
     try:

@@ -39,13 +39,6 @@ import numpy as np
 import torch
 
 from dipod.bounds.flow import FlowDraws, draw_elbo_noise, draw_flow_noise
-from dipod.control.config import ControlRunConfig as RunConfig
-from dipod.control.config import ControlConfig
-from dipod.control.demos import Demonstrations, load_demonstrations, split_episodes
-from dipod.control.envs import check_env, env_seeds, make_vector_env
-from dipod.control.normalizer import RunningNorm
-from dipod.control.policy import FlowPolicy
-from dipod.optim import clip_and_step, loss_is_finite
 from dipod.checkpoints import (
     CheckpointError,
     checkpoint_path,
@@ -55,6 +48,13 @@ from dipod.checkpoints import (
     prune_checkpoints,
     save_checkpoint,
 )
+from dipod.control.config import ControlConfig
+from dipod.control.config import ControlRunConfig as RunConfig
+from dipod.control.demos import Demonstrations, load_demonstrations, split_episodes
+from dipod.control.envs import check_env, env_seeds, make_vector_env
+from dipod.control.normalizer import RunningNorm
+from dipod.control.policy import FlowPolicy
+from dipod.optim import clip_and_step, loss_is_finite
 
 BC_KIND = "bc"
 ARCHITECTURE_KEYS = ("actor_hidden", "activation", "time_embed_dim", "actor_scale", "output_scale")
@@ -155,14 +155,14 @@ def evaluate_actor(
 ) -> dict[str, float]:
     """Mean return and length of ``episodes`` episodes of the flow policy (one sync vector env each).
 
-    Reset seeds are the RL trainer's evaluation seeds (``env_seeds(seed, episodes, stream=1)``) and the
+    Reset seeds are the RL trainer's evaluation seeds (``env_seeds(seed, episodes, "eval_env")``) and the
     flow noise its evaluation stream, so a clone and its fine-tuned successor are scored alike.
     """
     envs = make_vector_env(env_id, episodes, mode="sync")
     gen = torch.Generator(device=device).manual_seed(seed * 1000 + 5)
     low = torch.as_tensor(envs.single_action_space.low, dtype=torch.float32, device=device)
     high = torch.as_tensor(envs.single_action_space.high, dtype=torch.float32, device=device)
-    obs, _ = envs.reset(seed=env_seeds(seed, episodes, stream=1))
+    obs, _ = envs.reset(seed=env_seeds(seed, episodes, "eval_env"))
     returns, lengths = np.zeros(episodes), np.zeros(episodes)
     active = np.ones(episodes, dtype=bool)
     while active.any():

@@ -15,12 +15,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from dipod.control.config import ControlRunConfig as RunConfig
+from dipod.checkpoints import latest_checkpoint, load_checkpoint
 from dipod.control.bc import BC_KIND, actor_kwargs, actor_policy_fn, load_pretrained_actor
+from dipod.control.config import ControlRunConfig as RunConfig
 from dipod.control.demos import PolicyFn
 from dipod.control.normalizer import RunningNorm
 from dipod.control.policy import FlowPolicy, GaussianPolicy
-from dipod.checkpoints import latest_checkpoint, load_checkpoint
 
 
 @dataclass

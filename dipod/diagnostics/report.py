@@ -12,7 +12,7 @@ import json
 import math
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,8 @@ PLOTTED = {
     "elbo_mean": "ELBO estimate of rollout samples",
     "drift/gap": "log-likelihood − ELBO (nats)",
     "drift/grad_cosine": "cos(proxy grad, true PG)",
+    "health/effective_tokens": "effective tokens per completion",
+    "dipod_beta": "DiPOD weight β in force",
 }
 
 
@@ -39,6 +41,14 @@ class RunRecord:
     path: Path
     config: dict[str, Any]
     rows: list[dict[str, Any]]
+    summary: dict[str, Any] = field(default_factory=dict)
+    """summary.json (empty for a run that never wrote one)."""
+
+    @property
+    def collapsed_at(self) -> int | None:
+        """The training step at which the collapse alarm first fired, None if it never did."""
+        health = self.summary.get("health") or {}
+        return health.get("step") if health.get("collapsed") else None
 
     @property
     def experiment(self) -> str:
@@ -52,9 +62,16 @@ class RunRecord:
         name = objective.get("name", "?")
         section = self.config.get("control") or {}
         label = "Gaussian PPO" if section.get("policy") == "gaussian" else OBJECTIVE_LABELS.get(name, name)
+        kl = objective.get("kl_beta", 0.0)
+        if kl:
+            label += f" + ref ({objective.get('kl_type', 'elbo_difference')} {kl:g})"
         beta = objective.get("dipod_beta", 0.0)
-        if beta:
-            label += f" + DiPOD (β={beta:g})"
+        adaptive = self.config.get("adaptive_beta")
+        if adaptive:
+            label += f" + DiPOD (adaptive β from {beta:g}, gap budget {adaptive.get('budget'):g})"
+        elif beta:
+            scale = objective.get("dipod_scale", "sum")
+            label += f" + DiPOD (β={beta:g}{'' if scale == 'sum' else ', ' + scale})"
         if (section.get("self_distill_iterations") or 0) > 0:
             label += " + self-distill"
         return label
@@ -93,7 +110,8 @@ def load_run(path: str | Path) -> RunRecord:
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path} is not a run directory: {path / name} is missing")
     config = yaml.safe_load((path / "config.yaml").read_text())
-    return RunRecord(path, config, read_metrics(path / "metrics.jsonl"))
+    summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else {}
+    return RunRecord(path, config, read_metrics(path / "metrics.jsonl"), summary)
 
 
 def _mean_std(values: list[float | None]) -> str:
@@ -105,6 +123,12 @@ def _mean_std(values: list[float | None]) -> str:
     return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
 
 
+def _collapses(runs: list[RunRecord]) -> str:
+    """How many of the runs the collapse alarm flagged, and at which steps: "0/3", "2/3 (140, 310)"."""
+    steps = sorted(r.collapsed_at for r in runs if r.collapsed_at is not None)
+    return f"{len(steps)}/{len(runs)}" + (f" ({', '.join(map(str, steps))})" if steps else "")
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()
 
@@ -113,7 +137,10 @@ def _table(runs_by_variant: dict[str, list[RunRecord]]) -> tuple[list[str], dict
     eval_keys = sorted(
         {k for runs in runs_by_variant.values() for r in runs for row in r.rows for k in row if k.startswith("eval/")}
     )
-    header = ["variant", "seeds", "final reward", "best reward", "final gap", *[f"final {k}" for k in eval_keys]]
+    header = [
+        "variant", "seeds", "final reward", "best reward", "collapsed (step)", "final gap",
+        *[f"final {k}" for k in eval_keys],
+    ]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     numbers: dict[str, dict[str, Any]] = {}
     for variant, runs in sorted(runs_by_variant.items()):
@@ -124,9 +151,11 @@ def _table(runs_by_variant: dict[str, list[RunRecord]]) -> tuple[list[str], dict
             **{f"final {k}": [r.final(k) for r in runs] for k in eval_keys},
         }
         seeds = sorted(r.config.get("seed", 0) for r in runs)
-        cells = [variant, f"{len(runs)} ({', '.join(map(str, seeds))})", *(_mean_std(v) for v in columns.values())]
+        stats = [_mean_std(v) for v in columns.values()]
+        cells = [variant, f"{len(runs)} ({', '.join(map(str, seeds))})", *stats[:2], _collapses(runs), *stats[2:]]
         lines.append("| " + " | ".join(cells) + " |")
-        numbers[variant] = {"seeds": seeds, "runs": [str(r.path) for r in runs], **columns}
+        collapsed = {str(r.config.get("seed", 0)): r.collapsed_at for r in runs}
+        numbers[variant] = {"seeds": seeds, "runs": [str(r.path) for r in runs], "collapsed_at": collapsed, **columns}
     return lines, numbers
 
 

@@ -26,7 +26,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from dipod.config import ConfigError, dump_config
 from dipod.checkpoints import (
     CheckpointError,
     checkpoint_path,
@@ -35,6 +34,7 @@ from dipod.checkpoints import (
     prune_checkpoints,
     save_checkpoint,
 )
+from dipod.config import ConfigError, dump_config
 from dipod.runs.config import RunConfig, validate_config
 from dipod.runs.hooks import AdaptiveBeta, Hook, hooks_for
 from dipod.runs.metrics import MetricsFile, NullSink, Sinks, TensorBoardSink, WandbSink, clean_value, read_metrics

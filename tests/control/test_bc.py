@@ -7,7 +7,7 @@ import torch
 pytest.importorskip("minari")
 pytest.importorskip("jax")
 
-from dipod.runs.config import validate_config
+from dipod.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
 from dipod.control.bc import (
     actor_policy_fn,
     evaluate_actor,
@@ -17,7 +17,7 @@ from dipod.control.bc import (
 )
 from dipod.control.demos import DemonstrationError, collect_demonstrations, load_demonstrations
 from dipod.control.policy import FlowPolicy
-from dipod.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
+from dipod.runs.config import validate_config
 
 ENV = "Pendulum-v1"
 

@@ -7,15 +7,15 @@ import torch
 pytest.importorskip("minari")
 pytest.importorskip("jax")
 
-from dipod.runs.config import validate_config
+from dipod.checkpoints import checkpoint_path, save_checkpoint
 from dipod.control.demos import collect_demonstrations, load_demonstrations
 from dipod.control.experts import expert_policy_fn, load_run_actor
 from dipod.control.trainer import ControlTrainer
-from dipod.checkpoints import checkpoint_path, save_checkpoint
+from dipod.runs.config import validate_config
 
 
 def _run_checkpoint(tmp_path, policy):
-    objective = {"name": "fpo_pp" if policy == "flow" else "fpo", "dipod_beta": 0.0}
+    objective = {"name": "fpo_pp" if policy == "flow" else "ppo", "dipod_beta": 0.0}
     cfg = validate_config(
         {
             "domain": "control",

@@ -10,7 +10,6 @@ import torch
 
 import dipod.control.trainer as trainer_module
 from dipod.control.envs import env_seeds, make_vector_env
-from dipod.control.experiment import run_curve
 from dipod.control.trainer import ControlTrainer
 from dipod.runs.config import validate_config
 
@@ -229,9 +228,3 @@ def test_finished_episodes_are_recorded_for_every_env_that_ended():
     assert lengths == (1,) * 2 * NUM_ENVS and all(type(n) is int and type(r) is float for r, n in trainer._finished)
     assert not trainer._ep_return.any() and not trainer._ep_length.any()
     trainer.close()
-
-
-def test_run_curve_logs_nan_elbo_when_every_update_is_skipped(monkeypatch, tmp_path):
-    monkeypatch.setattr(trainer_module, "loss_is_finite", lambda loss: False)
-    result = run_curve(_cfg(), NUM_ENVS * ROLLOUT, tmp_path / "curve.jsonl", eval_at_end=False)
-    assert len(result["elbo_mean"]) == 1 and math.isnan(result["elbo_mean"][0])

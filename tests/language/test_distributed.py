@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from dipod.checkpoints import list_checkpoints, load_checkpoint
 from dipod.language.trainer import LanguageTrainer, RolloutBatch
 from dipod.runs import run_training
-from dipod.checkpoints import list_checkpoints, load_checkpoint
 from dipod.runs.config import validate_config
 from dipod.runs.metrics import read_metrics
 from tests.language.language_helpers import TINY, merge

@@ -80,8 +80,8 @@ def test_control_pendulum_crash_resume_in_process(tmp_path):
 
 def test_control_diverging_run_stops_and_never_checkpoints_nonfinite_state(tmp_path):
     """An absurd learning rate blows the policy up: updates are skipped, the run stops with a message."""
-    from dipod.runs import BadStepsError, run_training
     from dipod.checkpoints import list_checkpoints, load_checkpoint
+    from dipod.runs import BadStepsError, run_training
     from dipod.runs.config import load_config
     from dipod.runs.loop import nonfinite_tensors
     from dipod.runs.trainers import build_trainer

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from dipod.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
 from dipod.config import ConfigError
 from dipod.runs import BadStepsError, run_training
-from dipod.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
 from dipod.runs.config import load_config
 from dipod.runs.loop import RunDirError, is_bad_step, nonfinite_tensors
 from dipod.runs.metrics import read_metrics

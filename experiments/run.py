@@ -1,0 +1,110 @@
+"""Run an experiment on the one training loop and summarise it: ``python experiments/run.py SPEC.yaml``.
+
+An experiment is a YAML spec (``experiments/specs/``): named variants, each a run config plus ``--set``
+overrides, times a list of seeds. Every (variant, seed) is a run directory of the one loop
+(``dipod.runs.grid``: checkpoints, resume, drift probe, health alarm), under ``experiments/runs/<name>/``
+(git-ignored: raw per-seed logs are regenerated, not kept). Runs train two at a time; re-running the
+command continues runs cut short and skips finished ones, so a killed session loses nothing.
+
+The summary goes to ``experiments/results/<name>/``, which the repository keeps: ``report.md`` and the
+figures of ``dipod report`` (the same statistics and plots: mean ± std over seeds, collapse flags), and
+``summary.json`` with the spec, the per-seed outcomes (final metrics, collapse step, wall time) and the
+command that regenerates it.
+
+    PYTHONPATH=. OMP_NUM_THREADS=1 nohup python experiments/run.py experiments/specs/sudoku_release.yaml &
+    PYTHONPATH=. python experiments/run.py experiments/specs/sudoku_release.yaml --summarise-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "experiments" / "runs"
+RESULTS = ROOT / "experiments" / "results"
+FINAL_KEYS = ("reward_mean", "eval/accuracy", "eval/reward", "eval/return", "drift/gap", "drift/grad_cosine",
+              "health/effective_tokens", "dipod_beta")  # fmt: skip
+
+
+def load_spec(path: Path) -> dict[str, Any]:
+    """The spec, with every variant's config validated (errors name the spec, the variant and the key)."""
+    from dipod.config import ConfigError
+    from dipod.runs.config import load_config
+
+    spec = yaml.safe_load(path.read_text())
+    for key in ("name", "seeds", "variants"):
+        if key not in spec:
+            raise ConfigError(f"experiment spec {path}: missing `{key}`")
+    for variant, entry in spec["variants"].items():
+        try:
+            load_config(ROOT / entry["config"], [*spec.get("set", []), *entry.get("set", [])])
+        except ConfigError as exc:
+            raise ConfigError(f"experiment spec {path}, variant {variant!r}: {exc}") from None
+    return spec
+
+
+def grid(spec: dict[str, Any], seeds: list[int] | None = None) -> list[Any]:
+    """One GridRun per (variant, seed): the variant's config with the spec's and its own overrides."""
+    from dipod.runs.config import load_config
+    from dipod.runs.grid import GridRun
+
+    runs = []
+    for seed in seeds or spec["seeds"]:
+        for variant, entry in spec["variants"].items():
+            overrides = [*spec.get("set", []), *entry.get("set", []), f"seed={seed}", f"name={variant}"]
+            cfg = load_config(ROOT / entry["config"], overrides)
+            runs.append(GridRun(f"{variant}-seed{seed}", cfg, RUNS / spec["name"] / f"{variant}-seed{seed}"))
+    return runs
+
+
+def summarise(spec: dict[str, Any], spec_path: Path, runs: list[Any]) -> Path:
+    """report.md, figures and summary.json of the finished (or partly finished) runs."""
+    from dipod.diagnostics.report import load_run, write_report
+
+    out = RESULTS / spec["name"]
+    done = [run for run in runs if (run.run_dir / "metrics.jsonl").is_file()]
+    write_report([run.run_dir for run in done], out)
+    per_run = {}
+    for run in done:
+        record = load_run(run.run_dir)
+        per_run[run.name] = {
+            "status": record.summary.get("status"),
+            "step": record.summary.get("step"),
+            "time_s": record.summary.get("time_s"),
+            "collapsed_at": record.collapsed_at,
+            **{key: record.final(key) for key in FINAL_KEYS},
+        }
+    command = f"PYTHONPATH=. OMP_NUM_THREADS=1 python experiments/run.py {spec_path.relative_to(ROOT)}"
+    summary = {"spec": spec, "command": command, "runs": per_run}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("spec", type=Path)
+    parser.add_argument("--seeds", type=int, nargs="*", help="only these seeds (default: the spec's)")
+    parser.add_argument("--jobs", type=int, default=None, help="runs at once (default: 2 on 2 cores)")
+    parser.add_argument("--summarise-only", action="store_true", help="no training: summarise what is there")
+    args = parser.parse_args(argv)
+    from dipod.runs.grid import run_grid
+
+    spec_path = args.spec.resolve()
+    spec = load_spec(spec_path)
+    runs = grid(spec, args.seeds)
+    if not args.summarise_only:
+        run_grid(runs, jobs=args.jobs, quiet=True,
+                 on_done=lambda i, run, info: print(f"[{i}/{len(runs)}] {run.name}: {info}", flush=True))  # fmt: skip
+    print(f"summary in {summarise(spec, spec_path, runs)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    raise SystemExit(main())
