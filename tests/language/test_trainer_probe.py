@@ -27,4 +27,5 @@ def test_probe_keys_and_training_unchanged(name: str) -> None:
     # The probe draws from its own streams: the next training step is the same as without it.
     after_probe, without = probed.train_step(), plain.train_step()
     assert after_probe.keys() == without.keys()
-    assert all(a == b or (math.isnan(a) and math.isnan(b)) for a, b in zip(after_probe.values(), without.values()))
+    pairs = zip(after_probe.values(), without.values(), strict=True)
+    assert all(a == b or (math.isnan(a) and math.isnan(b)) for a, b in pairs)
