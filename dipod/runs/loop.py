@@ -206,10 +206,8 @@ def _checkpoint_to_resume(
                 f"--resume: {run_dir} holds no checkpoint to continue (looked in {ckpt_dir}); drop --resume to "
                 "start a new run there, or pass --auto-resume to continue a run if there is one and start one if not"
             )
-        say(
-            f"no checkpoint in {ckpt_dir}: starting from step 0"
-            + (" (its rows are written again)" if holds_run else "")
-        )
+        if holds_run:  # a run killed before its first checkpoint
+            say(f"no checkpoint in {ckpt_dir}: starting from step 0 (its rows are written again)")
         return None
     path, payload = found
     saved = validate_config(payload["config"], source=f"checkpoint {path}")
