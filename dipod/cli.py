@@ -222,7 +222,7 @@ def report(
     quiet: QuietOption = False,
 ) -> None:
     """Plots and a markdown table comparing runs: mean ± std over seeds, grouped by variant."""
-    from dipod.diagnostics.report import write_report
+    from dipod.runs.report import write_report
 
     try:
         files = write_report(run_dirs, out)

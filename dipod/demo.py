@@ -94,7 +94,7 @@ def run_demo(
     The runs go through ``run_grid`` (``jobs`` at a time); runs already finished in OUT are kept and runs
     cut short are resumed, so the demo can be re-run.
     """
-    from dipod.diagnostics.report import write_report
+    from dipod.runs.report import write_report
 
     console = Console(stderr=True, soft_wrap=True)
     say = console.print if not quiet else (lambda *a, **k: None)

@@ -65,7 +65,7 @@ def grid(spec: dict[str, Any], seeds: list[int] | None = None) -> list[Any]:
 
 def summarise(spec: dict[str, Any], spec_path: Path, runs: list[Any]) -> Path:
     """report.md, figures and summary.json of the finished (or partly finished) runs."""
-    from dipod.diagnostics.report import load_run, write_report
+    from dipod.runs.report import load_run, write_report
 
     out = RESULTS / spec["name"]
     done = [run for run in runs if (run.run_dir / "metrics.jsonl").is_file()]

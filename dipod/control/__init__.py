@@ -6,5 +6,7 @@
 - ``envs``: gymnasium vector envs with same-step autoreset and env snapshots; the multimodal bandit.
 - ``trainer``: ``ControlTrainer`` (rollout, GAE, FPO / FPO++ / Gaussian PPO updates, DiPOD term, drift probe).
 - ``self_distill``: the pre-RL stage that fits a frozen copy's own samples.
-- ``experiment``: return-vs-env-steps runs over seeds, summaries and plots.
+- ``probe``: the drift probe (weighted-free CFM surrogate vs exact Euler log-likelihood, gradient cosine).
+- ``demos``, ``experts``, ``bc``: demonstrations in Minari's format, experts from run checkpoints, behaviour
+  cloning of flow policies and the loader that starts RL from a clone.
 """

@@ -1,2 +1,2 @@
 """Diagnostics: double drift (gap, gradient cosine), health signals and the collapse alarm, adaptive beta,
-plots and reports."""
+plots (reports of run directories: ``dipod.runs.report``)."""
