@@ -4,13 +4,18 @@ Same blocks as a GPT (pre-LayerNorm, attention, MLP), but attention is full (``i
 a masked diffusion model predicts every masked token from all unmasked ones. Small enough to train
 and sample on a CPU in seconds (2 layers, d = 128), which the tests and the CPU demo rely on.
 
-Shape legend: N rows, T sequence length, C embedding width (n_embd), H heads, V vocabulary.
+The model also implements ``KVCacheLM`` (``cached_forward``): the keys and values of every layer are
+kept between decoding steps, and only those in each row's window are recomputed (the prefix KV cache of
+block-wise decoding; see ``dipod.language.sampler``).
+
+Shape legend: N rows, T sequence length, Te the recomputed span, C embedding width (n_embd), H heads,
+V vocabulary.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -47,6 +52,20 @@ class TinyConfig:
                 raise ValueError(f"{name} = {getattr(self, name)} is outside the vocabulary (size {self.vocab_size})")
 
 
+@dataclass
+class TinyKVCache:
+    """Keys and values of every layer at every position, kept between decoding steps."""
+
+    keys: list[torch.Tensor] = field(default_factory=list)
+    """Per layer, (N, H, T, C/H)."""
+    values: list[torch.Tensor] = field(default_factory=list)
+    """Per layer, (N, H, T, C/H)."""
+
+    def select(self, rows: torch.Tensor) -> TinyKVCache:
+        """The cache of ``rows`` ((n,) long indices) only, in that order."""
+        return TinyKVCache([k[rows] for k in self.keys], [v[rows] for v in self.values])
+
+
 class SelfAttention(nn.Module):
     """Multi-head bidirectional self-attention through scaled_dot_product_attention."""
 
@@ -68,6 +87,41 @@ class SelfAttention(nn.Module):
         )  # (N, H, Tq, C/H)
         n, _, t_q, _ = y.shape
         return self.o_proj(y.transpose(1, 2).reshape(n, t_q, x.shape[-1]))
+
+    def forward_cached(
+        self,
+        x: torch.Tensor,
+        key_mask: torch.Tensor | None,
+        past: tuple[torch.Tensor, torch.Tensor] | None,
+        span_start: int,
+        window: torch.Tensor | None,
+        queries: slice | None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Attention of the span's queries over keys/values that are fresh in ``window`` and cached elsewhere.
+
+        Args:
+            x: (N, Te, C) the (normalised) inputs of positions span_start .. span_start + Te.
+            past: cached keys and values, each (N, H, T, C/H); None: the span is the whole sequence.
+            window: (N, Te) bool, where the fresh keys/values replace the cached ones (None with ``past``).
+            queries: the outputs wanted, relative to the span; None: all of it.
+        Returns:
+            Output (N, Tq, C), and the keys/values attended, each (N, H, T, C/H).
+        """
+        q = self._heads(self.q_proj(x if queries is None else x[:, queries]))  # (N, H, Tq, C/H)
+        k, v = self._heads(self.k_proj(x)), self._heads(self.v_proj(x))  # (N, H, Te, C/H)
+        if past is not None:
+            k_old, v_old = past  # (N, H, T, C/H)
+            end = span_start + k.shape[2]
+            fresh = window[:, None, :, None]  # (N, 1, Te, 1)
+            k = torch.cat(
+                [k_old[:, :, :span_start], torch.where(fresh, k, k_old[:, :, span_start:end]), k_old[:, :, end:]], 2
+            )
+            v = torch.cat(
+                [v_old[:, :, :span_start], torch.where(fresh, v, v_old[:, :, span_start:end]), v_old[:, :, end:]], 2
+            )
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, is_causal=False)  # (N, H, Tq, C/H)
+        n, _, t_q, _ = y.shape
+        return self.o_proj(y.transpose(1, 2).reshape(n, t_q, x.shape[-1])), (k, v)
 
     def _heads(self, y: torch.Tensor) -> torch.Tensor:
         n, t, c = y.shape
@@ -98,6 +152,21 @@ class Block(nn.Module):
         residual = x if queries is None else x[:, queries]
         x = residual + self.attn(self.ln_1(x), key_mask, queries)
         return x + self.mlp(self.ln_2(x))
+
+    def forward_cached(
+        self,
+        x: torch.Tensor,
+        key_mask: torch.Tensor | None,
+        past: tuple[torch.Tensor, torch.Tensor] | None,
+        span_start: int,
+        window: torch.Tensor | None,
+        queries: slice | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """(N, Te, C) -> (N, Tq, C) with cached keys/values (``SelfAttention.forward_cached``), and those attended."""
+        residual = x if queries is None else x[:, queries]
+        y, kv = self.attn.forward_cached(self.ln_1(x), key_mask, past, span_start, window, queries)
+        x = residual + y
+        return x + self.mlp(self.ln_2(x)), kv
 
 
 class TinyMaskedLM(nn.Module):
@@ -159,6 +228,18 @@ class TinyMaskedLM(nn.Module):
         sequence), so they equal the full forward's logits there at a fraction of the cost. The sampler
         asks for the current block only.
         """
+        pos, key_mask = self._positions_and_key_mask(input_ids, attention_mask)
+        x = self.drop(self.wte(input_ids) + self.wpe(pos))  # (N, T, C)
+        *inner, last = self.blocks
+        for block in inner:
+            x = block(x, key_mask)
+        x = last(x, key_mask, positions)  # (N, Tp, C)
+        return self.lm_head(self.ln_f(x))  # (N, Tp, V)
+
+    def _positions_and_key_mask(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Position ids (1 or N, T) and the key mask (N, 1, 1, T) bool (None without an attention mask)."""
         t = input_ids.shape[1]
         if t > self.config.max_seq_len:
             raise ValueError(f"sequence length {t} exceeds max_seq_len = {self.config.max_seq_len}")
@@ -171,12 +252,55 @@ class TinyMaskedLM(nn.Module):
             # An all-padding row attends everywhere instead of to nothing (which would give NaN).
             keys = keys | ~keys.any(-1, keepdim=True)
             key_mask = keys[:, None, None, :]  # (N, 1, 1, T) broadcast over heads and queries
-        x = self.drop(self.wte(input_ids) + self.wpe(pos))  # (N, T, C)
-        *inner, last = self.blocks
-        for block in inner:
-            x = block(x, key_mask)
-        x = last(x, key_mask, positions)  # (N, Tp, C)
-        return self.lm_head(self.ln_f(x))  # (N, Tp, V)
+        return pos, key_mask
+
+    @torch.no_grad()
+    def cached_forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        cache: TinyKVCache | None,
+        fresh_lo: torch.Tensor | None = None,
+        fresh_hi: torch.Tensor | None = None,
+        positions: slice,
+    ) -> tuple[torch.Tensor, TinyKVCache]:
+        """Logits at ``positions`` (N, Tp, V), with the keys/values outside each row's window taken from ``cache``.
+
+        Row n recomputes the keys and values of positions fresh_lo[n] <= i < fresh_hi[n] from ``input_ids``
+        in every layer and takes the others from ``cache``; the hidden states are computed only on the span
+        [min fresh_lo, max fresh_hi), which must contain ``positions``. With ``cache=None`` everything is
+        recomputed: that is the exact forward (same logits as ``forward``), and its cache is the one to reuse.
+        The returned cache holds the keys/values attended, so passing it back with the same windows is exact
+        for every position outside them (what Fast-dLLM's prefix cache approximates).
+
+        Args:
+            input_ids: (N, T) long. attention_mask: (N, T) bool, False on padding.
+            fresh_lo, fresh_hi: (N,) long, each row's recomputed window; required with a cache.
+        """
+        n, t = input_ids.shape
+        pos, key_mask = self._positions_and_key_mask(input_ids, attention_mask)
+        if cache is None:
+            start, end, window, pasts = 0, t, None, [None] * len(self.blocks)
+        else:
+            if fresh_lo is None or fresh_hi is None or fresh_lo.shape != (n,) or fresh_hi.shape != (n,):
+                raise ValueError(f"a cache needs fresh_lo and fresh_hi of shape ({n},)")
+            start, end = int(fresh_lo.min()), int(fresh_hi.max())
+            span = torch.arange(start, end, device=input_ids.device)[None, :]  # (1, Te)
+            window = (span >= fresh_lo[:, None]) & (span < fresh_hi[:, None])  # (N, Te)
+            pasts = list(zip(cache.keys, cache.values, strict=True))
+        if not start <= positions.start < positions.stop <= end:
+            raise ValueError(f"positions {positions} must lie in the recomputed span [{start}, {end})")
+        pos = pos.expand(n, -1)[:, start:end]  # (N, Te)
+        x = self.drop(self.wte(input_ids[:, start:end]) + self.wpe(pos))  # (N, Te, C)
+        new = TinyKVCache()
+        for i, block in enumerate(self.blocks):
+            last = i == len(self.blocks) - 1
+            queries = slice(positions.start - start, positions.stop - start) if last else None
+            x, (k, v) = block.forward_cached(x, key_mask, pasts[i], start, window, queries)  # (N, Te or Tp, C)
+            new.keys.append(k)
+            new.values.append(v)
+        return self.lm_head(self.ln_f(x)), new  # (N, Tp, V)
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write ``config.json`` and ``model.safetensors`` into ``directory``."""

@@ -200,5 +200,8 @@ def evaluate_policy(
 
 
 def _greedy_remasking(sampler: SamplerConfig) -> str:
-    """Random remasking needs randomness; greedy evaluation uses low-confidence remasking instead."""
+    """``sampler.eval_remasking`` if set; else ``remasking``, but random remasking needs randomness, so greedy
+    evaluation uses low-confidence remasking instead."""
+    if sampler.eval_remasking is not None:
+        return sampler.eval_remasking
     return "low_confidence" if sampler.remasking == "random" else sampler.remasking
