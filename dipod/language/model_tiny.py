@@ -102,7 +102,7 @@ class SelfAttention(nn.Module):
         Args:
             x: (N, Te, C) the (normalised) inputs of positions span_start .. span_start + Te.
             past: cached keys and values, each (N, H, T, C/H); None: the span is the whole sequence.
-            window: (N, Te) bool, where the fresh keys/values replace the cached ones (None with ``past``).
+            window: (N, Te) bool, where the fresh keys/values replace the cached ones; None: everywhere.
             queries: the outputs wanted, relative to the span; None: all of it.
         Returns:
             Output (N, Tq, C), and the keys/values attended, each (N, H, T, C/H).
@@ -112,13 +112,12 @@ class SelfAttention(nn.Module):
         if past is not None:
             k_old, v_old = past  # (N, H, T, C/H)
             end = span_start + k.shape[2]
-            fresh = window[:, None, :, None]  # (N, 1, Te, 1)
-            k = torch.cat(
-                [k_old[:, :, :span_start], torch.where(fresh, k, k_old[:, :, span_start:end]), k_old[:, :, end:]], 2
-            )
-            v = torch.cat(
-                [v_old[:, :, :span_start], torch.where(fresh, v, v_old[:, :, span_start:end]), v_old[:, :, end:]], 2
-            )
+            if window is not None:
+                fresh = window[:, None, :, None]  # (N, 1, Te, 1)
+                k = torch.where(fresh, k, k_old[:, :, span_start:end])
+                v = torch.where(fresh, v, v_old[:, :, span_start:end])
+            k = torch.cat([k_old[:, :, :span_start], k, k_old[:, :, end:]], 2)  # (N, H, T, C/H)
+            v = torch.cat([v_old[:, :, :span_start], v, v_old[:, :, end:]], 2)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, is_causal=False)  # (N, H, Tq, C/H)
         n, _, t_q, _ = y.shape
         return self.o_proj(y.transpose(1, 2).reshape(n, t_q, x.shape[-1])), (k, v)
@@ -288,6 +287,8 @@ class TinyMaskedLM(nn.Module):
             start, end = int(fresh_lo.min()), int(fresh_hi.max())
             span = torch.arange(start, end, device=input_ids.device)[None, :]  # (1, Te)
             window = (span >= fresh_lo[:, None]) & (span < fresh_hi[:, None])  # (N, Te)
+            if bool(window.all()):  # every row recomputes the whole span: splice, no per-position choice
+                window = None
             pasts = list(zip(cache.keys, cache.values, strict=True))
         if not start <= positions.start < positions.stop <= end:
             raise ValueError(f"positions {positions} must lie in the recomputed span [{start}, {end})")
