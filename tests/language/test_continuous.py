@@ -31,10 +31,14 @@ def continuous(model, ids, attn=None, **kw):
     return generate_continuous(model, ids, attention_mask=attn, **args)
 
 
-def tiny(n_layer: int = 2, seed: int = 0) -> TinyMaskedLM:
+def tiny(n_layer: int = 2, seed: int = 0, *, sharpness: float = 1.0) -> TinyMaskedLM:
+    """A fresh tiny model; ``sharpness`` scales its output head, so that its confidences spread out."""
     cfg = TinyConfig(vocab_size=V, mask_token_id=MASK, pad_token_id=PAD, eos_token_id=EOS, n_embd=32, n_head=2)
     cfg.n_layer = n_layer
-    return TinyMaskedLM(cfg, generator=torch.Generator().manual_seed(seed)).eval()
+    model = TinyMaskedLM(cfg, generator=torch.Generator().manual_seed(seed)).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(sharpness)
+    return model
 
 
 # --------------------------------------------------------------------------- per-row noise
@@ -295,3 +299,20 @@ def test_model_without_the_cache_interface_falls_back_to_exact_decoding():
     with pytest.warns(UserWarning, match="KVCacheLM"):
         fallback = continuous(ToyModel(40, scale=2.0), ids, attn, kv_cache="prefix", **kw)
     assert torch.equal(exact.tokens, fallback.tokens) and exact.nfe == fallback.nfe
+
+
+@pytest.mark.parametrize("kv_cache", ["prefix", "dual"])
+def test_cached_rows_in_different_blocks_decode_as_if_alone(kv_cache):
+    model = Recording(tiny(sharpness=40.0))  # 2 layers: the cache approximates, but each row must get its own
+    ids, attn = queue(n=6)
+    kw = dict(gen_length=16, block_length=4, remasking="threshold", threshold=0.5, temperature=0.8, kv_cache=kv_cache)
+    seeds = torch.arange(6) + 7
+    out = continuous(model, ids, attn, slots=3, row_seeds=seeds, **kw)
+    mixed = [c for c in model.calls if c[2] and c[3].min() < c[3].max()]  # cached steps with rows at different blocks
+    assert mixed, "rows should be at different blocks in some cached step: a real test"
+    x, mask, _, _, _, positions, logits = mixed[0]
+    assert not torch.allclose(logits, model(x, mask, positions=positions), atol=1e-6), "the cache was not used"
+    for i in range(6):
+        alone = continuous(model, ids[i : i + 1], attn[i : i + 1], slots=1, row_seeds=seeds[i : i + 1], **kw)
+        assert torch.equal(alone.tokens[0], out.tokens[i]), f"row {i} depends on its neighbours' cache windows"
+        assert alone.nfe == out.row_nfe[i]
