@@ -65,6 +65,67 @@ class TinyKVCache:
         """The cache of ``rows`` ((n,) long indices) only, in that order."""
         return TinyKVCache([k[rows] for k in self.keys], [v[rows] for v in self.values])
 
+    def replace(self, rows: torch.Tensor, other: TinyKVCache) -> None:
+        """Overwrite (in place) the cache of ``rows`` ((n,) long) with ``other``'s n rows."""
+        for mine, theirs in zip([*self.keys, *self.values], [*other.keys, *other.values], strict=True):
+            mine.index_copy_(0, rows, theirs)
+
+
+@dataclass
+class _Placement:
+    """Where the positions a cached forward recomputes sit: a span [start, end) shared by every row, with
+    ``window`` (N, Te) bool marking each row's own recomputed part (None: all of it), or, when every row
+    recomputes a window of the same width at its own place, per-row positions ``index`` (N, Te)."""
+
+    start: int
+    end: int
+    window: torch.Tensor | None = None
+    index: torch.Tensor | None = None
+
+    @property
+    def width(self) -> int:
+        return self.end - self.start if self.index is None else self.index.shape[1]
+
+    def take(self, y: torch.Tensor) -> torch.Tensor:
+        """(N, T) or (N, T, C) -> the recomputed positions, (N, Te) or (N, Te, C)."""
+        if self.index is None:
+            return y[:, self.start : self.end]
+        index = self.index if y.dim() == 2 else self.index[..., None].expand(-1, -1, y.shape[-1])
+        return y.gather(1, index)
+
+    def merge(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """Cached keys or values (N, H, T, C/H) with the recomputed ones (N, H, Te, C/H) in their places."""
+        if self.index is not None:
+            index = self.index[:, None, :, None].expand(-1, old.shape[1], -1, old.shape[3])  # (N, H, Te, C/H)
+            return old.scatter(2, index, new)
+        if self.window is not None:
+            new = torch.where(self.window[:, None, :, None], new, old[:, :, self.start : self.end])
+        return torch.cat([old[:, :, : self.start], new, old[:, :, self.end :]], 2)
+
+    def relative(self, positions: slice | torch.Tensor) -> slice | torch.Tensor:
+        """``positions`` (a slice, or (N, Tp) long per row) as indices into the recomputed positions."""
+        if isinstance(positions, slice) and self.index is None:
+            rel = slice(positions.start - self.start, positions.stop - self.start)
+            ok = 0 <= rel.start < rel.stop <= self.width
+        else:
+            if isinstance(positions, slice):
+                positions = torch.arange(positions.start, positions.stop, device=self.index.device)[None, :]
+            offset = self.start if self.index is None else self.index[:, :1]
+            rel = positions - offset  # (N, Tp)
+            ok = bool((rel >= 0).all()) and bool((rel < self.width).all())
+        if not ok:
+            raise ValueError(f"positions must lie in the recomputed span or windows, got {positions}")
+        return rel
+
+
+def take_positions(y: torch.Tensor, positions: slice | torch.Tensor | None) -> torch.Tensor:
+    """(N, T, C) -> (N, Tp, C) at ``positions``: a slice, (N, Tp) long per row, or None (all)."""
+    if positions is None:
+        return y
+    if isinstance(positions, slice):
+        return y[:, positions]
+    return y.gather(1, positions[..., None].expand(-1, -1, y.shape[-1]))
+
 
 class SelfAttention(nn.Module):
     """Multi-head bidirectional self-attention through scaled_dot_product_attention."""
@@ -93,31 +154,22 @@ class SelfAttention(nn.Module):
         x: torch.Tensor,
         key_mask: torch.Tensor | None,
         past: tuple[torch.Tensor, torch.Tensor] | None,
-        span_start: int,
-        window: torch.Tensor | None,
-        queries: slice | None,
+        place: _Placement,
+        queries: slice | torch.Tensor | None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """Attention of the span's queries over keys/values that are fresh in ``window`` and cached elsewhere.
+        """Attention of the recomputed positions' queries over keys/values recomputed there and cached elsewhere.
 
         Args:
-            x: (N, Te, C) the (normalised) inputs of positions span_start .. span_start + Te.
-            past: cached keys and values, each (N, H, T, C/H); None: the span is the whole sequence.
-            window: (N, Te) bool, where the fresh keys/values replace the cached ones; None: everywhere.
-            queries: the outputs wanted, relative to the span; None: all of it.
+            x: (N, Te) the (normalised) inputs of the recomputed positions (``place``).
+            past: cached keys and values, each (N, H, T, C/H); None: the recomputed positions are all of them.
+            queries: the outputs wanted, relative to the recomputed positions (slice or (N, Tq) long); None: all.
         Returns:
             Output (N, Tq, C), and the keys/values attended, each (N, H, T, C/H).
         """
-        q = self._heads(self.q_proj(x if queries is None else x[:, queries]))  # (N, H, Tq, C/H)
+        q = self._heads(self.q_proj(take_positions(x, queries)))  # (N, H, Tq, C/H)
         k, v = self._heads(self.k_proj(x)), self._heads(self.v_proj(x))  # (N, H, Te, C/H)
         if past is not None:
-            k_old, v_old = past  # (N, H, T, C/H)
-            end = span_start + k.shape[2]
-            if window is not None:
-                fresh = window[:, None, :, None]  # (N, 1, Te, 1)
-                k = torch.where(fresh, k, k_old[:, :, span_start:end])
-                v = torch.where(fresh, v, v_old[:, :, span_start:end])
-            k = torch.cat([k_old[:, :, :span_start], k, k_old[:, :, end:]], 2)  # (N, H, T, C/H)
-            v = torch.cat([v_old[:, :, :span_start], v, v_old[:, :, end:]], 2)
+            k, v = place.merge(past[0], k), place.merge(past[1], v)  # (N, H, T, C/H)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, is_causal=False)  # (N, H, Tq, C/H)
         n, _, t_q, _ = y.shape
         return self.o_proj(y.transpose(1, 2).reshape(n, t_q, x.shape[-1])), (k, v)
@@ -157,13 +209,12 @@ class Block(nn.Module):
         x: torch.Tensor,
         key_mask: torch.Tensor | None,
         past: tuple[torch.Tensor, torch.Tensor] | None,
-        span_start: int,
-        window: torch.Tensor | None,
-        queries: slice | None = None,
+        place: _Placement,
+        queries: slice | torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """(N, Te, C) -> (N, Tq, C) with cached keys/values (``SelfAttention.forward_cached``), and those attended."""
-        residual = x if queries is None else x[:, queries]
-        y, kv = self.attn.forward_cached(self.ln_1(x), key_mask, past, span_start, window, queries)
+        residual = take_positions(x, queries)
+        y, kv = self.attn.forward_cached(self.ln_1(x), key_mask, past, place, queries)
         x = residual + y
         return x + self.mlp(self.ln_2(x)), kv
 
@@ -262,46 +313,55 @@ class TinyMaskedLM(nn.Module):
         cache: TinyKVCache | None,
         fresh_lo: torch.Tensor | None = None,
         fresh_hi: torch.Tensor | None = None,
-        positions: slice,
+        positions: slice | torch.Tensor,
     ) -> tuple[torch.Tensor, TinyKVCache]:
         """Logits at ``positions`` (N, Tp, V), with the keys/values outside each row's window taken from ``cache``.
 
         Row n recomputes the keys and values of positions fresh_lo[n] <= i < fresh_hi[n] from ``input_ids``
-        in every layer and takes the others from ``cache``; the hidden states are computed only on the span
-        [min fresh_lo, max fresh_hi), which must contain ``positions``. With ``cache=None`` everything is
-        recomputed: that is the exact forward (same logits as ``forward``), and its cache is the one to reuse.
-        The returned cache holds the keys/values attended, so passing it back with the same windows is exact
-        for every position outside them (what Fast-dLLM's prefix cache approximates).
+        in every layer and takes the others from ``cache``. The hidden states are computed on those windows
+        alone when they all have one width (each row at its own place), else on the span [min fresh_lo,
+        max fresh_hi), which must contain ``positions``. With ``cache=None`` everything is recomputed: that
+        is the exact forward (same logits as ``forward``), and its cache is the one to reuse. The returned
+        cache holds the keys/values attended, so passing it back with the same windows is exact for every
+        position outside them (what Fast-dLLM's prefix cache approximates). Inference only (no dropout).
 
         Args:
             input_ids: (N, T) long. attention_mask: (N, T) bool, False on padding.
             fresh_lo, fresh_hi: (N,) long, each row's recomputed window; required with a cache.
+            positions: a slice, or (N, Tp) long, each row's own positions.
         """
         n, t = input_ids.shape
         pos, key_mask = self._positions_and_key_mask(input_ids, attention_mask)
-        if cache is None:
-            start, end, window, pasts = 0, t, None, [None] * len(self.blocks)
-        else:
-            if fresh_lo is None or fresh_hi is None or fresh_lo.shape != (n,) or fresh_hi.shape != (n,):
-                raise ValueError(f"a cache needs fresh_lo and fresh_hi of shape ({n},)")
-            start, end = int(fresh_lo.min()), int(fresh_hi.max())
-            span = torch.arange(start, end, device=input_ids.device)[None, :]  # (1, Te)
-            window = (span >= fresh_lo[:, None]) & (span < fresh_hi[:, None])  # (N, Te)
-            if bool(window.all()):  # every row recomputes the whole span: splice, no per-position choice
-                window = None
-            pasts = list(zip(cache.keys, cache.values, strict=True))
-        if not start <= positions.start < positions.stop <= end:
-            raise ValueError(f"positions {positions} must lie in the recomputed span [{start}, {end})")
-        pos = pos.expand(n, -1)[:, start:end]  # (N, Te)
-        x = self.drop(self.wte(input_ids[:, start:end]) + self.wpe(pos))  # (N, Te, C)
+        place = self._placement(n, t, cache, fresh_lo, fresh_hi)
+        queries = place.relative(positions)
+        pasts = [None] * len(self.blocks) if cache is None else list(zip(cache.keys, cache.values, strict=True))
+        x = self.wte(place.take(input_ids)) + self.wpe(place.take(pos.expand(n, -1)))  # (N, Te, C)
         new = TinyKVCache()
         for i, block in enumerate(self.blocks):
             last = i == len(self.blocks) - 1
-            queries = slice(positions.start - start, positions.stop - start) if last else None
-            x, (k, v) = block.forward_cached(x, key_mask, pasts[i], start, window, queries)  # (N, Te or Tp, C)
+            x, (k, v) = block.forward_cached(x, key_mask, pasts[i], place, queries if last else None)  # (N, Te|Tp, C)
             new.keys.append(k)
             new.values.append(v)
         return self.lm_head(self.ln_f(x)), new  # (N, Tp, V)
+
+    @staticmethod
+    def _placement(
+        n: int, t: int, cache: TinyKVCache | None, fresh_lo: torch.Tensor | None, fresh_hi: torch.Tensor | None
+    ) -> _Placement:
+        """Where ``cached_forward`` recomputes: everything, one shared span, or one window per row."""
+        if cache is None:
+            return _Placement(0, t)
+        if fresh_lo is None or fresh_hi is None or fresh_lo.shape != (n,) or fresh_hi.shape != (n,):
+            raise ValueError(f"a cache needs fresh_lo and fresh_hi of shape ({n},)")
+        start, end = int(fresh_lo.min()), int(fresh_hi.max())
+        if start == int(fresh_lo.max()) and end == int(fresh_hi.min()):
+            return _Placement(start, end)  # one window for every row: splice it in, no per-position choice
+        width = fresh_hi - fresh_lo  # (N,)
+        if int(width.min()) == int(width.max()):  # rows at their own places, one width: gather them
+            index = fresh_lo[:, None] + torch.arange(int(width[0]), device=fresh_lo.device)  # (N, W)
+            return _Placement(start, end, index=index)
+        span = torch.arange(start, end, device=fresh_lo.device)[None, :]  # (1, Te)
+        return _Placement(start, end, window=(span >= fresh_lo[:, None]) & (span < fresh_hi[:, None]))
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write ``config.json`` and ``model.safetensors`` into ``directory``."""

@@ -50,6 +50,10 @@ class KVCache(Protocol):
         """The cache of ``rows`` ((n,) long indices into the batch) only, in that order."""
         ...
 
+    def replace(self, rows: torch.Tensor, other: Any) -> None:
+        """Overwrite, in place, the cache of ``rows`` ((n,) long) with the n rows of ``other``."""
+        ...
+
 
 @runtime_checkable
 class KVCacheLM(Protocol):
@@ -67,13 +71,13 @@ class KVCacheLM(Protocol):
         cache: Any,
         fresh_lo: torch.Tensor | None = None,
         fresh_hi: torch.Tensor | None = None,
-        positions: slice,
+        positions: slice | torch.Tensor,
     ) -> tuple[torch.Tensor, KVCache]:
         """Logits at ``positions`` (N, Tp, V) and the keys/values attended (the cache for the next step).
 
         cache None: the exact forward pass. Otherwise row n recomputes the keys/values of positions
-        fresh_lo[n] <= i < fresh_hi[n] ((N,) long each) in every layer and takes the others from ``cache``;
-        ``positions`` lies inside [min fresh_lo, max fresh_hi).
+        fresh_lo[n] <= i < fresh_hi[n] ((N,) long each) in every layer and takes the others from ``cache``.
+        ``positions``: a slice, or (N, Tp) long, each row's own; inside the rows' recomputed windows.
         """
         ...
 

@@ -261,8 +261,10 @@ def _row_noise(
 class _BlockLogits:
     """One decoding step's model call: the logits of each row's current block, exact or with the KV cache.
 
-    Rows may be in different blocks (continuous batching): the model is asked for the span that covers
-    every row's block and each row's block is gathered from it.
+    Rows may be in different blocks (continuous batching). Exact: the model is asked for the span that
+    covers every row's block, and each row's block is gathered from it. Cached: each row's own block
+    positions are asked for; when only some rows start a block, those get an exact forward pass of their
+    own and the others a cached one (two calls on disjoint rows, one decoding step).
     """
 
     def __init__(self, model: MaskedDiffusionLM, *, kv_cache: str, block_length: int) -> None:
@@ -283,22 +285,44 @@ class _BlockLogits:
         """Logits (n, Lb, V) of rows x (n, T) at their blocks lo[i] .. lo[i] + Lb; ``refresh`` (n,) bool marks
         the rows at the first step of a block, whose cached keys/values are recomputed (an exact forward)."""
         lo_min, lo_max = int(lo.min()), int(lo.max())
-        span = slice(lo_min, lo_max + self.block_length)
         if self.mode == "none":
-            logits = self.model(x, attn, positions=span)  # (n, span, V)
-        elif self.cache is None or bool(refresh.all()):
-            logits, self.cache = self.model.cached_forward(x, attn, cache=None, positions=span)
-        else:
-            t = x.shape[1]
-            hi = torch.full_like(lo, t) if self.mode == "prefix" else lo + self.block_length
-            logits, self.cache = self.model.cached_forward(
-                x, attn, cache=self.cache, fresh_lo=lo.masked_fill(refresh, 0), fresh_hi=hi.masked_fill(refresh, t),
-                positions=span,
-            )  # fmt: skip
-        if lo_min == lo_max:
+            logits = self.model(x, attn, positions=slice(lo_min, lo_max + self.block_length))  # (n, span, V)
+            if lo_min == lo_max:
+                return logits
+            return logits.gather(1, (self._where(lo) - lo_min)[..., None].expand(-1, -1, logits.shape[-1]))
+        if self.cache is None or bool(refresh.all()):
+            logits, self.cache = self.model.cached_forward(x, attn, cache=None, positions=self._positions(lo))
             return logits
-        offsets = (lo - lo_min)[:, None] + torch.arange(self.block_length, device=lo.device)  # (n, Lb)
-        return logits.gather(1, offsets[..., None].expand(-1, -1, logits.shape[-1]))  # (n, Lb, V)
+        if not bool(refresh.any()):
+            logits, self.cache = self._cached(x, attn, lo, self.cache)
+            return logits
+        starting, going = refresh.nonzero().squeeze(-1), (~refresh).nonzero().squeeze(-1)  # (n1,), (n2,)
+        attn_s, attn_g = (None, None) if attn is None else (attn[starting], attn[going])
+        logits_s, cache_s = self.model.cached_forward(
+            x[starting], attn_s, cache=None, positions=self._positions(lo[starting])
+        )  # (n1, Lb, V)
+        logits_g, cache_g = self._cached(x[going], attn_g, lo[going], self.cache.select(going))  # (n2, Lb, V)
+        self.cache.replace(starting, cache_s)
+        self.cache.replace(going, cache_g)
+        logits = logits_s.new_empty((len(lo), *logits_s.shape[1:]))  # (n, Lb, V)
+        logits[starting] = logits_s
+        logits[going] = logits_g
+        return logits
+
+    def _where(self, lo: torch.Tensor) -> torch.Tensor:
+        """(n, Lb) long: each row's block positions."""
+        return lo[:, None] + torch.arange(self.block_length, device=lo.device)
+
+    def _positions(self, lo: torch.Tensor) -> slice | torch.Tensor:
+        """The blocks' positions for the model: one slice when the rows share a block, else per row."""
+        lo_min = int(lo.min())
+        return slice(lo_min, lo_min + self.block_length) if lo_min == int(lo.max()) else self._where(lo)
+
+    def _cached(self, x: torch.Tensor, attn: torch.Tensor | None, lo: torch.Tensor, cache: object) -> tuple:
+        """The cached forward of rows x (n, T) past the first step of their blocks: recompute the block (dual),
+        or the block and everything after it (prefix)."""
+        hi = torch.full_like(lo, x.shape[1]) if self.mode == "prefix" else lo + self.block_length
+        return self.model.cached_forward(x, attn, cache=cache, fresh_lo=lo, fresh_hi=hi, positions=self._positions(lo))
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep the cache of ``rows`` ((n,) long) only."""

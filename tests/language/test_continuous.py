@@ -311,8 +311,36 @@ def test_cached_rows_in_different_blocks_decode_as_if_alone(kv_cache):
     mixed = [c for c in model.calls if c[2] and c[3].min() < c[3].max()]  # cached steps with rows at different blocks
     assert mixed, "rows should be at different blocks in some cached step: a real test"
     x, mask, _, _, _, positions, logits = mixed[0]
-    assert not torch.allclose(logits, model(x, mask, positions=positions), atol=1e-6), "the cache was not used"
+    assert not isinstance(positions, slice)  # each row asks for its own block
+    exact = model(x, mask).gather(1, positions[..., None].expand(-1, -1, V))  # (n, Lb, V)
+    assert not torch.allclose(logits, exact, atol=1e-6), "the cache was not used"
     for i in range(6):
         alone = continuous(model, ids[i : i + 1], attn[i : i + 1], slots=1, row_seeds=seeds[i : i + 1], **kw)
         assert torch.equal(alone.tokens[0], out.tokens[i]), f"row {i} depends on its neighbours' cache windows"
         assert alone.nfe == out.row_nfe[i]
+
+
+@pytest.mark.parametrize("widths", ["equal", "unequal"])
+def test_cached_forward_with_per_row_windows_equals_each_row_alone(widths):
+    model = tiny(n_layer=3, sharpness=10.0)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, V, (4, 20), generator=g)
+    attn = torch.ones(4, 20, dtype=torch.bool)
+    attn[2, :2] = False
+    _, cache = model.cached_forward(ids, attn, cache=None, positions=slice(0, 20))
+    changed = torch.where(torch.rand(4, 20, generator=g) < 0.3, torch.randint(3, V, (4, 20), generator=g), ids)
+    lo = torch.tensor([4, 8, 12, 8])
+    hi = lo + 4 if widths == "equal" else torch.tensor([8, 20, 16, 12])  # equal: gathered windows; else a span
+    positions = lo[:, None] + torch.arange(4)  # (4, 4) each row's own block
+    logits, new = model.cached_forward(changed, attn, cache=cache, fresh_lo=lo, fresh_hi=hi, positions=positions)
+    for i in range(4):
+        row = slice(i, i + 1)
+        alone, alone_cache = model.cached_forward(
+            changed[row], attn[row], cache=cache.select(torch.tensor([i])), fresh_lo=lo[row], fresh_hi=hi[row],
+            positions=slice(int(lo[i]), int(lo[i]) + 4),
+        )  # fmt: skip
+        assert torch.allclose(logits[row], alone, atol=1e-5)
+        for mine, theirs in zip(new.keys + new.values, alone_cache.keys + alone_cache.values, strict=True):
+            assert torch.allclose(mine[row], theirs, atol=1e-5)
+    with pytest.raises(ValueError, match="span or windows"):
+        model.cached_forward(changed, attn, cache=cache, fresh_lo=lo, fresh_hi=hi, positions=positions + 12)
