@@ -239,6 +239,21 @@ def _propose(
     return proposal, confidence.masked_fill(~block_masked, -torch.inf)
 
 
+def _transfer(
+    confidence: torch.Tensor, block_masked: torch.Tensor, *, k: torch.Tensor | None, threshold: float | None
+) -> torch.Tensor:
+    """(B, Lb) bool, the positions unmasked this step: each row's k[b] most confident (fixed schedules), or
+    those whose confidence reaches ``threshold`` and at least the most confident one (``k`` None).
+
+    Args:
+        confidence: (B, Lb) float, -inf where already decoded. block_masked: (B, Lb) bool. k: (B,) long.
+    """
+    if k is None:
+        most_confident = top_k_mask(confidence, torch.ones(len(confidence), dtype=torch.long, device=confidence.device))
+        return ((confidence >= threshold) | most_confident) & block_masked
+    return top_k_mask(confidence, k) & block_masked
+
+
 def _row_noise(
     seeds: torch.Tensor, row_step: torch.Tensor, position: torch.Tensor, vocab: int, *, gen_length: int, gumbel: bool
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -416,12 +431,7 @@ def generate(
             proposal, confidence = _propose(
                 logits, block_masked, mask_id=mask_id, remasking=remasking, temperature=temperature, generator=generator
             )  # (B, Lb) each
-            if schedule is not None:
-                transfer = top_k_mask(confidence, k)
-            else:
-                most_confident = top_k_mask(confidence, torch.ones(batch, dtype=torch.long, device=device))
-                transfer = (confidence >= threshold) | most_confident
-            transfer &= block_masked  # (B, Lb)
+            transfer = _transfer(confidence, block_masked, k=None if schedule is None else k, threshold=threshold)
             x[:, lo:hi] = torch.where(transfer, proposal, x[:, lo:hi])
             if stop_at_eos:
                 finished = rows_finished(x[:, prompt_length:], mask_id=mask_id, eos_id=eos_id)
@@ -483,8 +493,8 @@ def generate_continuous(
     alone with the same seed, whatever the slot count, its neighbours or its place in the queue (up to
     floating-point differences of the model's batched matmuls). A finished row's still-masked positions
     are filled with EOS (``stop_at_eos``) and its slot goes to the next waiting prompt; once the queue is
-    empty the batch shrinks. Rows at different blocks are run together (the model computes the span
-    that covers their blocks).
+    empty the batch shrinks. Rows at different blocks are run together: exact, the model computes the
+    span that covers their blocks; with a KV cache, each row's own block.
 
     Args:
         prompt_ids: (N, P) long, the whole queue, left-padded to one length.
@@ -571,12 +581,8 @@ def generate_continuous(
         proposal, confidence = _propose(
             logits, block_masked, mask_id=mask_id, remasking=remasking, temperature=temperature, noise=noise
         )  # (n, Lb) each
-        if schedule is not None:
-            transfer = top_k_mask(confidence, schedule[live.step])
-        else:
-            most_confident = top_k_mask(confidence, torch.ones_like(live.step))
-            transfer = (confidence >= threshold) | most_confident
-        transfer &= block_masked  # (n, Lb)
+        k = None if schedule is None else schedule[live.step]  # (n,)
+        transfer = _transfer(confidence, block_masked, k=k, threshold=threshold)  # (n, Lb)
         live.x.scatter_(1, where, torch.where(transfer, proposal, current))
         live.nfe += 1
         live.step += 1
