@@ -7,8 +7,11 @@ import torch
 
 from dipod.language.config import SamplerConfig
 from dipod.language.model_tiny import TinyConfig, TinyMaskedLM
-from dipod.language.models import KVCacheLM
+from dipod.language.models import KVCacheLM, build_model, build_tokenizer
+from dipod.language.rollout import _greedy_remasking, decode_and_score, encode_prompts
 from dipod.language.sampler import counter_uniform, generate, generate_continuous, sample
+from dipod.language.tasks import get_task
+from tests.language.language_helpers import tiny_config
 from tests.language.test_sampler import EOS, MASK, PAD, ToyModel, V, prompts
 
 CASES = [
@@ -344,3 +347,19 @@ def test_cached_forward_with_per_row_windows_equals_each_row_alone(widths):
             assert torch.allclose(mine[row], theirs, atol=1e-5)
     with pytest.raises(ValueError, match="span or windows"):
         model.cached_forward(changed, attn, cache=cache, fresh_lo=lo, fresh_hi=hi, positions=positions + 12)
+
+
+def test_rollout_helpers_carry_row_nfe_and_evaluation_decoding():
+    lang = tiny_config().language
+    tok = build_tokenizer(lang.model)
+    model = build_model(lang.model, tokenizer=tok, generator=torch.Generator().manual_seed(0)).eval()
+    task = get_task("sudoku")
+    examples = task.load_sample()[:5]
+    ids, attn = encode_prompts(tok, [task.prompt(ex, "compact") for ex in examples], "cpu")
+    cfg = lang.sampler.model_copy(update={"slots": 2, "remasking": "threshold", "threshold": 0.2})
+    out = decode_and_score(model, tok, task, examples, ids, attn, cfg, "compact", torch.Generator().manual_seed(0))
+    assert out.row_nfe is not None and out.row_nfe.shape == (5,)
+    assert out.nfe >= int(out.row_nfe.max()) and out.nfe <= int(out.row_nfe.sum())
+    assert _greedy_remasking(SamplerConfig(remasking="random")) == "low_confidence"
+    assert _greedy_remasking(SamplerConfig(remasking="random", eval_remasking="threshold")) == "threshold"
+    assert _greedy_remasking(SamplerConfig(remasking="threshold", eval_remasking="low_confidence")) == "low_confidence"
