@@ -12,8 +12,10 @@ Two models (compact format, 16 digits -> 16 digits, one block):
   right, rarely confident): the same figures prefixed ``shipped_``.
 Greedy decoding of generated 4x4 puzzles (8-12 blanks), all of a queue:
 - reference: fixed-step low-confidence remasking, 16 steps (one token per step), in batches of
-  ``SLOTS`` puzzles: 16 forward passes per batch;
-- candidate: threshold decoding with continuous batching, ``SLOTS`` rows at once.
+  S puzzles: 16 forward passes per batch;
+- candidate: threshold decoding with continuous batching, S rows at once.
+The queue holds ``WAVES`` times S puzzles (1024 in 128 slots; 256 in 32 quick), so that the tail, the
+passes after the queue has emptied, weighs the same in both.
 The threshold is chosen on validation puzzles (another seed) as ``bench_threshold`` does: the lowest of
 ``THRESHOLDS`` whose accuracy drop there plus two standard errors (of the mean paired per-puzzle
 difference) is at most 2 points. The shipped base is stopped early (about half the blanks right) and is
@@ -25,8 +27,9 @@ Figures (on the test puzzles):
   blanks right; goal <= 2 (negative: the candidate is more accurate).
 - ``per_row_nfe_reduction``: the same ratio per puzzle (the most batching can reach without a tail).
 - ``cpu_time_ratio``: CPU time of the reference / of the candidate over the queue (what the NFE buys on a CPU).
-- ``batched_nfe_reduction@slots=S``: the same queue with other slot counts; ``...rl_step``: a queue of one
-  RL step of ``configs/language/sudoku_fpo.yaml`` (64 completions) in 16 slots, its tail included.
+- ``batched_nfe_reduction@slots=S``: the same queue with other slot counts (fewer waves: more tail);
+  ``...@rl_step``: a queue of one RL step of ``configs/language/sudoku_fpo.yaml`` (64 completions) in 16
+  slots, its tail included.
 - ``rollout_...``: the rollout setting (temperature 0.9, the RL config's): NFE reduction and the drop of
   the sampled completions' mean accuracy (the two decoders draw different noise: a noisy difference).
 """
@@ -52,7 +55,8 @@ except ImportError:  # imported as benchmarks.bench_rollout_batching
 CHECKPOINT = "dipod/assets/checkpoints/sudoku_tiny"
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99)
 ACCURACY_BUDGET_POINTS = 2.0
-SLOTS = 128
+WAVES = 8
+"""Puzzles in the queue / slots."""
 FORMAT = "compact"
 CONFIG = {
     "domain": "language",
@@ -142,15 +146,16 @@ def run(quick: bool) -> dict:
             trained, trained_tok, _ = sudoku_model(sft_steps)
         if trained_tok.id_to_token != tok.id_to_token:
             raise RuntimeError("the trained and shipped models should share the digit tokenizer")
-        figures = measure(trained, tok, task, validation, test, quick=quick)
+        slots = size // WAVES
+        figures = measure(trained, tok, task, validation, test, slots=slots, quick=quick)
         shipped = build_model(lang.model, tokenizer=tok).eval()
-        shipped_figures = measure(shipped, tok, task, validation, test, quick=True)
+        shipped_figures = measure(shipped, tok, task, validation, test, slots=slots, quick=True)
         figures.update({f"shipped_{k}": v for k, v in shipped_figures.items()})
     return {
         "figures": figures,
         "reference": (
-            f"fixed-step low-confidence remasking (16 steps, one token each), greedy, in batches of {SLOTS} puzzles, "
-            f"vs threshold decoding with continuous batching in {SLOTS} slots; tiny Sudoku model trained with the "
+            f"fixed-step low-confidence remasking (16 steps, one token each), greedy, in batches of {slots} puzzles, "
+            f"vs threshold decoding with continuous batching in {slots} slots; tiny Sudoku model trained with the "
             f"shipped recipe for {sft_steps} SFT steps (shipped_*: {CHECKPOINT}); a queue of {len(test)} generated "
             f"4x4 test puzzles; threshold the lowest of {THRESHOLDS} within {ACCURACY_BUDGET_POINTS} points "
             f"(drop + 2 SE) on {len(validation)} validation puzzles"
@@ -158,19 +163,19 @@ def run(quick: bool) -> dict:
     }
 
 
-def measure(model, tok, task, validation: Queue, test: Queue, *, quick: bool) -> dict[str, float]:
+def measure(model, tok, task, validation: Queue, test: Queue, *, slots: int, quick: bool) -> dict[str, float]:
     """Choose the threshold on ``validation``, then the figures of the module docstring on ``test``."""
-    fixed_val = decode_fixed(model, tok, task, validation, slots=SLOTS)
+    fixed_val = decode_fixed(model, tok, task, validation, slots=slots)
     val_drops = {}
     for threshold in THRESHOLDS:
         val_drops[threshold] = drop_points(
-            fixed_val, decode_continuous(model, tok, task, validation, slots=SLOTS, threshold=threshold)
+            fixed_val, decode_continuous(model, tok, task, validation, slots=slots, threshold=threshold)
         )
     within = [t for t, (drop, se) in val_drops.items() if drop + 2 * se <= ACCURACY_BUDGET_POINTS]
     chosen = min(within) if within else max(THRESHOLDS)
 
-    fixed = decode_fixed(model, tok, task, test, slots=SLOTS)
-    ours = decode_continuous(model, tok, task, test, slots=SLOTS, threshold=chosen)
+    fixed = decode_fixed(model, tok, task, test, slots=slots)
+    ours = decode_continuous(model, tok, task, test, slots=slots, threshold=chosen)
     drop, drop_se = drop_points(fixed, ours)
     figures = {
         "threshold": chosen,
@@ -184,16 +189,16 @@ def measure(model, tok, task, validation: Queue, test: Queue, *, quick: bool) ->
         "nfe_fixed": fixed["nfe"],
         "nfe_continuous": ours["nfe"],
     }
-    for slots in (32,) if quick else (16, 32, 64, 256):
-        other = decode_continuous(model, tok, task, test, slots=slots, threshold=chosen)
-        figures[f"batched_nfe_reduction@slots={slots}"] = len(test) / slots * 16 / other["nfe"]
+    for other_slots in (64,) if quick else (16, 32, 64, 256):
+        other = decode_continuous(model, tok, task, test, slots=other_slots, threshold=chosen)
+        figures[f"batched_nfe_reduction@slots={other_slots}"] = len(test) / other_slots * 16 / other["nfe"]
     step = Queue(tok, task, test.examples[:64])  # one RL step: 8 prompts x 8 completions
     figures["batched_nfe_reduction@rl_step"] = (
         decode_fixed(model, tok, task, step, slots=16)["nfe"]
         / decode_continuous(model, tok, task, step, slots=16, threshold=chosen)["nfe"]
     )
-    hot_fixed = decode_fixed(model, tok, task, test, slots=SLOTS, temperature=0.9, seed=1)
-    hot = decode_continuous(model, tok, task, test, slots=SLOTS, threshold=chosen, temperature=0.9, seed=1)
+    hot_fixed = decode_fixed(model, tok, task, test, slots=slots, temperature=0.9, seed=1)
+    hot = decode_continuous(model, tok, task, test, slots=slots, threshold=chosen, temperature=0.9, seed=1)
     figures["rollout_batched_nfe_reduction"] = hot_fixed["nfe"] / hot["nfe"]
     figures["rollout_accuracy_drop_points"], figures["rollout_accuracy_drop_points_se"] = drop_points(hot_fixed, hot)
     for threshold, (d, se) in val_drops.items():
