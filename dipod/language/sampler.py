@@ -460,9 +460,40 @@ class _Live:
     nfe: torch.Tensor
     """(n,) long: forward passes the row has had in all (also its noise counter)."""
 
+    FIELDS = ("rows", "x", "attn", "seeds", "block", "step", "nfe")
+
+    @classmethod
+    def admit(
+        cls,
+        rows: torch.Tensor,
+        prompt_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        seeds: torch.Tensor,
+        *,
+        gen_length: int,
+        mask_id: int,
+    ) -> _Live:
+        """Fresh rows for the queued prompts ``rows`` ((k,) long): the prompt, then ``gen_length`` masks."""
+        masks = torch.full((len(rows), gen_length), mask_id, dtype=torch.long, device=prompt_ids.device)  # (k, L)
+        zeros = torch.zeros(len(rows), dtype=torch.long, device=prompt_ids.device)
+        return cls(
+            rows=rows,
+            x=torch.cat([prompt_ids[rows], masks], 1),
+            attn=torch.cat([attention_mask[rows], torch.ones_like(masks, dtype=torch.bool)], 1),
+            seeds=seeds[rows],
+            block=zeros,
+            step=zeros.clone(),
+            nfe=zeros.clone(),
+        )
+
+    def put(self, slots: torch.Tensor, new: _Live) -> None:
+        """Overwrite the rows at ``slots`` ((k,) long) with ``new``'s k rows."""
+        for name in self.FIELDS:
+            getattr(self, name)[slots] = getattr(new, name)
+
     def keep(self, keep: torch.Tensor) -> None:
         """Drop the rows where ``keep`` (n,) bool is False."""
-        for name in ("rows", "x", "attn", "seeds", "block", "step", "nfe"):
+        for name in self.FIELDS:
             setattr(self, name, getattr(self, name)[keep])
 
 
@@ -544,21 +575,10 @@ def generate_continuous(
     forward = _BlockLogits(model, kv_cache=kv_cache, block_length=block_length)
     within = torch.arange(block_length, device=device)  # (Lb,)
 
-    def admit(queue_rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        k = len(queue_rows)
-        masks = torch.full((k, gen_length), mask_id, dtype=torch.long, device=device)
-        zeros = torch.zeros(k, dtype=torch.long, device=device)
-        return {
-            "rows": queue_rows,
-            "x": torch.cat([prompt_ids[queue_rows], masks], 1),
-            "attn": torch.cat([attention_mask[queue_rows], torch.ones_like(masks, dtype=torch.bool)], 1),
-            "seeds": row_seeds[queue_rows],
-            "block": zeros,
-            "step": zeros.clone(),
-            "nfe": zeros.clone(),
-        }
+    def admit(rows: torch.Tensor) -> _Live:
+        return _Live.admit(rows, prompt_ids, attention_mask, row_seeds, gen_length=gen_length, mask_id=mask_id)
 
-    live = _Live(**admit(torch.arange(min(slots, n_rows), device=device)))
+    live = admit(torch.arange(min(slots, n_rows), device=device))
     waiting = len(live.rows)  # queue index of the next prompt to admit
     nfe = 0
     while len(live.rows):
@@ -601,8 +621,7 @@ def generate_continuous(
         row_nfe[live.rows[done]] = live.nfe[done]
         refill = done.nonzero().squeeze(-1)[: n_rows - waiting]  # (k,) slots that take a waiting prompt
         if len(refill):
-            for name, value in admit(torch.arange(waiting, waiting + len(refill), device=device)).items():
-                getattr(live, name)[refill] = value
+            live.put(refill, admit(torch.arange(waiting, waiting + len(refill), device=device)))
             waiting += len(refill)
             done[refill] = False
         if bool(done.any()):  # the queue is empty: the batch shrinks
