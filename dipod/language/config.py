@@ -81,6 +81,16 @@ class SamplerConfig(BaseModel):
     """threshold remasking: confidence needed to unmask a token."""
     stop_at_eos: bool = True
     """Stop once every row has decoded an EOS with everything before it decoded; fill the rest with EOS."""
+    eval_remasking: Literal["low_confidence", "threshold"] | None = None
+    """Greedy evaluation decoding; None: as ``remasking`` (low_confidence when that is random)."""
+    slots: int | None = Field(None, ge=1)
+    """Continuous batching: rows decoded at once, a finished row's slot going to the next waiting prompt,
+    each row with its own noise stream; None: every row of a batch decoded together (the batch waits for
+    its slowest row)."""
+    kv_cache: Literal["none", "prefix", "dual"] = "none"
+    """Keys/values reused between decoding steps: none (exact); prefix (Fast-dLLM: the prompt's and
+    finished blocks', refreshed at each block's first step); dual (also the masked blocks after the current
+    one). Approximate; needs a model implementing ``KVCacheLM`` (the tiny one does), else exact."""
 
     @model_validator(mode="after")
     def _consistent(self) -> SamplerConfig:
@@ -90,8 +100,12 @@ class SamplerConfig(BaseModel):
                 f"sampler.block_length = {self.block_length}"
             )
         blocks = self.gen_length // self.block_length
-        if self.remasking != "threshold" and self.steps % blocks:
-            raise ValueError(f"sampler.steps = {self.steps} is not a multiple of the number of blocks ({blocks})")
+        fixed = [key for key in ("remasking", "eval_remasking") if getattr(self, key) not in (None, "threshold")]
+        if fixed and self.steps % blocks:
+            raise ValueError(
+                f"sampler.steps = {self.steps} is not a multiple of the number of blocks ({blocks}), "
+                f"which sampler.{fixed[0]} = {getattr(self, fixed[0])!r} needs"
+            )
         return self
 
 

@@ -4,13 +4,18 @@ Same blocks as a GPT (pre-LayerNorm, attention, MLP), but attention is full (``i
 a masked diffusion model predicts every masked token from all unmasked ones. Small enough to train
 and sample on a CPU in seconds (2 layers, d = 128), which the tests and the CPU demo rely on.
 
-Shape legend: N rows, T sequence length, C embedding width (n_embd), H heads, V vocabulary.
+The model also implements ``KVCacheLM`` (``cached_forward``): the keys and values of every layer are
+kept between decoding steps, and only those in each row's window are recomputed (the prefix KV cache of
+block-wise decoding; see ``dipod.language.sampler``).
+
+Shape legend: N rows, T sequence length, Te the recomputed span, C embedding width (n_embd), H heads,
+V vocabulary.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -47,6 +52,81 @@ class TinyConfig:
                 raise ValueError(f"{name} = {getattr(self, name)} is outside the vocabulary (size {self.vocab_size})")
 
 
+@dataclass
+class TinyKVCache:
+    """Keys and values of every layer at every position, kept between decoding steps."""
+
+    keys: list[torch.Tensor] = field(default_factory=list)
+    """Per layer, (N, H, T, C/H)."""
+    values: list[torch.Tensor] = field(default_factory=list)
+    """Per layer, (N, H, T, C/H)."""
+
+    def select(self, rows: torch.Tensor) -> TinyKVCache:
+        """The cache of ``rows`` ((n,) long indices) only, in that order."""
+        return TinyKVCache([k[rows] for k in self.keys], [v[rows] for v in self.values])
+
+    def replace(self, rows: torch.Tensor, other: TinyKVCache) -> None:
+        """Overwrite (in place) the cache of ``rows`` ((n,) long) with ``other``'s n rows."""
+        for mine, theirs in zip([*self.keys, *self.values], [*other.keys, *other.values], strict=True):
+            mine.index_copy_(0, rows, theirs)
+
+
+@dataclass
+class _Placement:
+    """Where the positions a cached forward recomputes sit: a span [start, end) shared by every row, with
+    ``window`` (N, Te) bool marking each row's own recomputed part (None: all of it), or, when every row
+    recomputes a window of the same width at its own place, per-row positions ``index`` (N, Te)."""
+
+    start: int
+    end: int
+    window: torch.Tensor | None = None
+    index: torch.Tensor | None = None
+
+    @property
+    def width(self) -> int:
+        return self.end - self.start if self.index is None else self.index.shape[1]
+
+    def take(self, y: torch.Tensor) -> torch.Tensor:
+        """(N, T) or (N, T, C) -> the recomputed positions, (N, Te) or (N, Te, C)."""
+        if self.index is None:
+            return y[:, self.start : self.end]
+        index = self.index if y.dim() == 2 else self.index[..., None].expand(-1, -1, y.shape[-1])
+        return y.gather(1, index)
+
+    def merge(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """Cached keys or values (N, H, T, C/H) with the recomputed ones (N, H, Te, C/H) in their places."""
+        if self.index is not None:
+            index = self.index[:, None, :, None].expand(-1, old.shape[1], -1, old.shape[3])  # (N, H, Te, C/H)
+            return old.scatter(2, index, new)
+        if self.window is not None:
+            new = torch.where(self.window[:, None, :, None], new, old[:, :, self.start : self.end])
+        return torch.cat([old[:, :, : self.start], new, old[:, :, self.end :]], 2)
+
+    def relative(self, positions: slice | torch.Tensor) -> slice | torch.Tensor:
+        """``positions`` (a slice, or (N, Tp) long per row) as indices into the recomputed positions."""
+        if isinstance(positions, slice) and self.index is None:
+            rel = slice(positions.start - self.start, positions.stop - self.start)
+            ok = 0 <= rel.start < rel.stop <= self.width
+        else:
+            if isinstance(positions, slice):
+                positions = torch.arange(positions.start, positions.stop, device=self.index.device)[None, :]
+            offset = self.start if self.index is None else self.index[:, :1]
+            rel = positions - offset  # (N, Tp)
+            ok = bool((rel >= 0).all()) and bool((rel < self.width).all())
+        if not ok:
+            raise ValueError(f"positions must lie in the recomputed span or windows, got {positions}")
+        return rel
+
+
+def take_positions(y: torch.Tensor, positions: slice | torch.Tensor | None) -> torch.Tensor:
+    """(N, T, C) -> (N, Tp, C) at ``positions``: a slice, (N, Tp) long per row, or None (all)."""
+    if positions is None:
+        return y
+    if isinstance(positions, slice):
+        return y[:, positions]
+    return y.gather(1, positions[..., None].expand(-1, -1, y.shape[-1]))
+
+
 class SelfAttention(nn.Module):
     """Multi-head bidirectional self-attention through scaled_dot_product_attention."""
 
@@ -68,6 +148,31 @@ class SelfAttention(nn.Module):
         )  # (N, H, Tq, C/H)
         n, _, t_q, _ = y.shape
         return self.o_proj(y.transpose(1, 2).reshape(n, t_q, x.shape[-1]))
+
+    def forward_cached(
+        self,
+        x: torch.Tensor,
+        key_mask: torch.Tensor | None,
+        past: tuple[torch.Tensor, torch.Tensor] | None,
+        place: _Placement,
+        queries: slice | torch.Tensor | None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Attention of the recomputed positions' queries over keys/values recomputed there and cached elsewhere.
+
+        Args:
+            x: (N, Te) the (normalised) inputs of the recomputed positions (``place``).
+            past: cached keys and values, each (N, H, T, C/H); None: the recomputed positions are all of them.
+            queries: the outputs wanted, relative to the recomputed positions (slice or (N, Tq) long); None: all.
+        Returns:
+            Output (N, Tq, C), and the keys/values attended, each (N, H, T, C/H).
+        """
+        q = self._heads(self.q_proj(take_positions(x, queries)))  # (N, H, Tq, C/H)
+        k, v = self._heads(self.k_proj(x)), self._heads(self.v_proj(x))  # (N, H, Te, C/H)
+        if past is not None:
+            k, v = place.merge(past[0], k), place.merge(past[1], v)  # (N, H, T, C/H)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, is_causal=False)  # (N, H, Tq, C/H)
+        n, _, t_q, _ = y.shape
+        return self.o_proj(y.transpose(1, 2).reshape(n, t_q, x.shape[-1])), (k, v)
 
     def _heads(self, y: torch.Tensor) -> torch.Tensor:
         n, t, c = y.shape
@@ -98,6 +203,20 @@ class Block(nn.Module):
         residual = x if queries is None else x[:, queries]
         x = residual + self.attn(self.ln_1(x), key_mask, queries)
         return x + self.mlp(self.ln_2(x))
+
+    def forward_cached(
+        self,
+        x: torch.Tensor,
+        key_mask: torch.Tensor | None,
+        past: tuple[torch.Tensor, torch.Tensor] | None,
+        place: _Placement,
+        queries: slice | torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """(N, Te, C) -> (N, Tq, C) with cached keys/values (``SelfAttention.forward_cached``), and those attended."""
+        residual = take_positions(x, queries)
+        y, kv = self.attn.forward_cached(self.ln_1(x), key_mask, past, place, queries)
+        x = residual + y
+        return x + self.mlp(self.ln_2(x)), kv
 
 
 class TinyMaskedLM(nn.Module):
@@ -159,6 +278,18 @@ class TinyMaskedLM(nn.Module):
         sequence), so they equal the full forward's logits there at a fraction of the cost. The sampler
         asks for the current block only.
         """
+        pos, key_mask = self._positions_and_key_mask(input_ids, attention_mask)
+        x = self.drop(self.wte(input_ids) + self.wpe(pos))  # (N, T, C)
+        *inner, last = self.blocks
+        for block in inner:
+            x = block(x, key_mask)
+        x = last(x, key_mask, positions)  # (N, Tp, C)
+        return self.lm_head(self.ln_f(x))  # (N, Tp, V)
+
+    def _positions_and_key_mask(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Position ids (1 or N, T) and the key mask (N, 1, 1, T) bool (None without an attention mask)."""
         t = input_ids.shape[1]
         if t > self.config.max_seq_len:
             raise ValueError(f"sequence length {t} exceeds max_seq_len = {self.config.max_seq_len}")
@@ -171,12 +302,66 @@ class TinyMaskedLM(nn.Module):
             # An all-padding row attends everywhere instead of to nothing (which would give NaN).
             keys = keys | ~keys.any(-1, keepdim=True)
             key_mask = keys[:, None, None, :]  # (N, 1, 1, T) broadcast over heads and queries
-        x = self.drop(self.wte(input_ids) + self.wpe(pos))  # (N, T, C)
-        *inner, last = self.blocks
-        for block in inner:
-            x = block(x, key_mask)
-        x = last(x, key_mask, positions)  # (N, Tp, C)
-        return self.lm_head(self.ln_f(x))  # (N, Tp, V)
+        return pos, key_mask
+
+    @torch.no_grad()
+    def cached_forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        cache: TinyKVCache | None,
+        fresh_lo: torch.Tensor | None = None,
+        fresh_hi: torch.Tensor | None = None,
+        positions: slice | torch.Tensor,
+    ) -> tuple[torch.Tensor, TinyKVCache]:
+        """Logits at ``positions`` (N, Tp, V), with the keys/values outside each row's window taken from ``cache``.
+
+        Row n recomputes the keys and values of positions fresh_lo[n] <= i < fresh_hi[n] from ``input_ids``
+        in every layer and takes the others from ``cache``. The hidden states are computed on those windows
+        alone when they all have one width (each row at its own place), else on the span [min fresh_lo,
+        max fresh_hi), which must contain ``positions``. With ``cache=None`` everything is recomputed: that
+        is the exact forward (same logits as ``forward``), and its cache is the one to reuse. The returned
+        cache holds the keys/values attended, so passing it back with the same windows is exact for every
+        position outside them (what Fast-dLLM's prefix cache approximates). Inference only (no dropout).
+
+        Args:
+            input_ids: (N, T) long. attention_mask: (N, T) bool, False on padding.
+            fresh_lo, fresh_hi: (N,) long, each row's recomputed window; required with a cache.
+            positions: a slice, or (N, Tp) long, each row's own positions.
+        """
+        n, t = input_ids.shape
+        pos, key_mask = self._positions_and_key_mask(input_ids, attention_mask)
+        place = self._placement(n, t, cache, fresh_lo, fresh_hi)
+        queries = place.relative(positions)
+        pasts = [None] * len(self.blocks) if cache is None else list(zip(cache.keys, cache.values, strict=True))
+        x = self.wte(place.take(input_ids)) + self.wpe(place.take(pos.expand(n, -1)))  # (N, Te, C)
+        new = TinyKVCache()
+        for i, block in enumerate(self.blocks):
+            last = i == len(self.blocks) - 1
+            x, (k, v) = block.forward_cached(x, key_mask, pasts[i], place, queries if last else None)  # (N, Te|Tp, C)
+            new.keys.append(k)
+            new.values.append(v)
+        return self.lm_head(self.ln_f(x)), new  # (N, Tp, V)
+
+    @staticmethod
+    def _placement(
+        n: int, t: int, cache: TinyKVCache | None, fresh_lo: torch.Tensor | None, fresh_hi: torch.Tensor | None
+    ) -> _Placement:
+        """Where ``cached_forward`` recomputes: everything, one shared span, or one window per row."""
+        if cache is None:
+            return _Placement(0, t)
+        if fresh_lo is None or fresh_hi is None or fresh_lo.shape != (n,) or fresh_hi.shape != (n,):
+            raise ValueError(f"a cache needs fresh_lo and fresh_hi of shape ({n},)")
+        start, end = int(fresh_lo.min()), int(fresh_hi.max())
+        if start == int(fresh_lo.max()) and end == int(fresh_hi.min()):
+            return _Placement(start, end)  # one window for every row: splice it in, no per-position choice
+        width = fresh_hi - fresh_lo  # (N,)
+        if int(width.min()) == int(width.max()):  # rows at their own places, one width: gather them
+            index = fresh_lo[:, None] + torch.arange(int(width[0]), device=fresh_lo.device)  # (N, W)
+            return _Placement(start, end, index=index)
+        span = torch.arange(start, end, device=fresh_lo.device)[None, :]  # (1, Te)
+        return _Placement(start, end, window=(span >= fresh_lo[:, None]) & (span < fresh_hi[:, None]))
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write ``config.json`` and ``model.safetensors`` into ``directory``."""

@@ -4,12 +4,14 @@ Everything downstream (samplers, ELBO scoring, trainers) sees only ``MaskedDiffu
 called as ``model(input_ids, attention_mask)`` that returns logits for every position (or, with
 ``positions=slice(lo, hi)``, for those alone: the sampler needs one block), plus the
 special ids of its tokenizer. The built-in tiny transformer and the HF adapter both implement it.
+A model may also implement ``KVCacheLM`` (the built-in one does): the sampler then reuses keys and values
+between decoding steps (the prefix KV cache of block-wise decoding) when asked to.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -40,6 +42,45 @@ class MaskedDiffusionLM(Protocol):
     def __call__(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, positions: slice | None = None
     ) -> torch.Tensor: ...
+
+
+class KVCache(Protocol):
+    """A model's cached keys and values for a batch of rows (opaque to the sampler)."""
+
+    def select(self, rows: torch.Tensor) -> Any:
+        """The cache of ``rows`` ((n,) long indices into the batch) only, in that order."""
+        ...
+
+    def replace(self, rows: torch.Tensor, other: Any) -> None:
+        """Overwrite, in place, the cache of ``rows`` ((n,) long) with the n rows of ``other``."""
+        ...
+
+
+@runtime_checkable
+class KVCacheLM(Protocol):
+    """A masked diffusion LM that can reuse keys/values between decoding steps (optional; the sampler checks).
+
+    An HF adapter implements it with the wrapped model's ``past_key_values`` where its architecture lets
+    the keys/values of chosen positions be replaced (as Fast-dLLM's LLaDA does).
+    """
+
+    def cached_forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        cache: Any,
+        fresh_lo: torch.Tensor | None = None,
+        fresh_hi: torch.Tensor | None = None,
+        positions: slice | torch.Tensor,
+    ) -> tuple[torch.Tensor, KVCache]:
+        """Logits at ``positions`` (N, Tp, V) and the keys/values attended (the cache for the next step).
+
+        cache None: the exact forward pass. Otherwise row n recomputes the keys/values of positions
+        fresh_lo[n] <= i < fresh_hi[n] ((N,) long each) in every layer and takes the others from ``cache``.
+        ``positions``: a slice, or (N, Tp) long, each row's own; inside the rows' recomputed windows.
+        """
+        ...
 
 
 def build_tokenizer(cfg: ModelConfig) -> Tokenizer:

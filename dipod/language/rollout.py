@@ -118,6 +118,8 @@ class Decoded:
     accuracy: np.ndarray
     """(B,) float64."""
     nfe: int
+    row_nfe: torch.Tensor | None = None
+    """(B,) long: the forward passes each row needed (``SampleOut.row_nfe``)."""
 
 
 def common_padding(prompt_attn: torch.Tensor) -> int:
@@ -142,6 +144,7 @@ def concat_decoded(parts: list[Decoded]) -> Decoded:
         rewards=np.concatenate([p.rewards for p in parts]),
         accuracy=np.concatenate([p.accuracy for p in parts]),
         nfe=sum(p.nfe for p in parts),
+        row_nfe=None if any(p.row_nfe is None for p in parts) else torch.cat([p.row_nfe for p in parts]),
     )
 
 
@@ -172,7 +175,7 @@ def decode_and_score(
     # The text ends at the first EOS: what follows is filler, and must not shift positional answers.
     texts = tokenizer.batch_decode(completion_ids.masked_fill(~before_eos, tokenizer.eos_token_id))
     rewards, accuracy = task.score(texts, examples, fmt)
-    return Decoded(completion_ids, valid, texts, rewards, accuracy, out.nfe)
+    return Decoded(completion_ids, valid, texts, rewards, accuracy, out.nfe, out.row_nfe)
 
 
 def evaluate_policy(
@@ -209,5 +212,8 @@ def evaluate_policy(
 
 
 def _greedy_remasking(sampler: SamplerConfig) -> str:
-    """Random remasking needs randomness; greedy evaluation uses low-confidence remasking instead."""
+    """``sampler.eval_remasking`` if set; else ``remasking``, but random remasking needs randomness, so greedy
+    evaluation uses low-confidence remasking instead."""
+    if sampler.eval_remasking is not None:
+        return sampler.eval_remasking
     return "low_confidence" if sampler.remasking == "random" else sampler.remasking

@@ -15,25 +15,40 @@ Tokens outside the current block never change and the prompt is never touched. W
 ``stop_at_eos`` the loop ends as soon as every row has decoded an EOS with everything before it
 decoded; the still-masked positions are then filled with EOS.
 
-Shape legend: B batch, P prompt length, L gen_length, Lb block_length, S steps per block, V vocab.
-Randomness comes only from the explicit ``generator``; greedy decoding (temperature 0 with
-low-confidence or threshold remasking) uses none.
+Two decoders share these rules:
+- ``generate`` decodes a batch together, block by block, until its slowest row is done (the default);
+- ``generate_continuous`` decodes a queue of prompts (e.g. every prompt of one RL step) in ``slots``
+  rows: a row that finishes frees its slot for the next waiting prompt, so rows move through their
+  blocks independently and the batch's NFE falls like the per-row NFE (continuous batching). Each
+  row's noise comes from its own counter-based stream (``counter_uniform``), so a row's tokens do not
+  depend on its neighbours, the slot count or the order of the queue.
+Both can reuse keys and values between steps (``kv_cache``): Fast-dLLM's prefix cache keeps those of
+the prompt and of the finished blocks, computed by an exact forward pass at the first step of each
+block, while the current block (and, for ``prefix``, everything after it) is recomputed; ``dual``
+also keeps the masked blocks after the current one. It is an approximation (the cached keys do not see
+the tokens decoded since), exact at the first step of every block; models implementing ``KVCacheLM``
+support it, others fall back to exact decoding with a warning.
+
+Shape legend: B batch, N queued prompts, n live rows, P prompt length, L gen_length, Lb block_length,
+S steps per block, V vocab. Randomness comes only from the explicit ``generator`` (or per-row seeds);
+greedy decoding (temperature 0 with low-confidence or threshold remasking) uses none.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 
 from dipod.language.config import SamplerConfig
-
-if TYPE_CHECKING:
-    from dipod.language.models import MaskedDiffusionLM
+from dipod.language.models import KVCacheLM, MaskedDiffusionLM
 
 Remasking = Literal["low_confidence", "random", "threshold"]
 REMASKING = ("low_confidence", "random", "threshold")
+KVCache = Literal["none", "prefix", "dual"]
+KV_CACHE = ("none", "prefix", "dual")
 
 
 @dataclass
@@ -87,8 +102,40 @@ def gumbel_argmax(logits: torch.Tensor, *, temperature: float, generator: torch.
     if temperature == 0:
         return logits.argmax(-1)
     u = torch.rand(logits.shape, dtype=torch.float64, generator=generator, device=logits.device)
+    return gumbel_argmax_from_uniform(logits, u, temperature=temperature)
+
+
+def gumbel_argmax_from_uniform(logits: torch.Tensor, u: torch.Tensor, *, temperature: float) -> torch.Tensor:
+    """``gumbel_argmax`` with given uniform draws u (..., V) float64 in [0, 1); ``u`` is overwritten."""
     exp_noise = u.log_().neg_()  # Exp(1); u = 0 gives +inf, noise -inf: that token is simply not chosen
     return (logits.double() / temperature - exp_noise.log_()).argmax(-1)
+
+
+def _as_int64(c: int) -> int:
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+_GOLDEN = _as_int64(0x9E3779B97F4A7C15)
+_MIX1 = _as_int64(0xBF58476D1CE4E5B9)
+_MIX2 = _as_int64(0x94D049BB133111EB)
+
+
+def counter_uniform(seeds: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
+    """Uniform draws in (0, 1), float64, that depend only on (seed, counter): SplitMix64 of seed + counter * golden.
+
+    A counter-based stream (as in Philox or JAX's keys) is what lets every row of a batch have its own
+    random stream without a Python loop over per-row generators: row n's draw for a given counter is the
+    same whatever else is in the batch. torch's int64 arithmetic wraps like uint64; the shifts are made
+    logical with a mask. 53 random bits, centred, so neither 0 nor 1 occurs.
+
+    Args:
+        seeds: (n,) long. counters: (n, ...) long. Returns (n, ...) float64.
+    """
+    z = seeds.view(-1, *([1] * (counters.dim() - 1))) + counters * _GOLDEN
+    z = (z ^ ((z >> 30) & ((1 << 34) - 1))) * _MIX1
+    z = (z ^ ((z >> 27) & ((1 << 37) - 1))) * _MIX2
+    z = z ^ ((z >> 31) & ((1 << 33) - 1))
+    return (((z >> 11) & ((1 << 53) - 1)).double() + 0.5) * 2.0**-53
 
 
 def top_k_mask(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -126,7 +173,8 @@ def _check_args(
     threshold: float | None,
     stop_at_eos: bool,
     eos_id: int | None,
-    generator: torch.Generator | None,
+    kv_cache: str,
+    has_randomness: bool,
 ) -> None:
     """Reject bad arguments before any forward pass, naming the argument and its value."""
     if prompt_ids.dim() != 2 or prompt_ids.dtype != torch.long:
@@ -145,10 +193,12 @@ def _check_args(
         raise ValueError(f"steps = {steps} must be a positive multiple of the number of blocks ({num_blocks})")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if generator is None and (temperature > 0 or remasking == "random"):
+    if not has_randomness and (temperature > 0 or remasking == "random"):
         raise ValueError("sampling with temperature > 0 or random remasking needs an explicit torch.Generator")
     if stop_at_eos and eos_id is None:
         raise ValueError("stop_at_eos needs eos_id")
+    if kv_cache not in KV_CACHE:
+        raise ValueError(f"kv_cache must be one of {KV_CACHE}, got {kv_cache!r}")
 
 
 def _propose(
@@ -158,25 +208,141 @@ def _propose(
     mask_id: int,
     remasking: str,
     temperature: float,
-    generator: torch.Generator | None,
+    generator: torch.Generator | None = None,
+    noise: tuple[torch.Tensor | None, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A token for every block position and the confidence that ranks it (-inf where already decoded).
 
     Confidence is the model's probability of the proposed token (low_confidence, threshold), or uniform
-    noise (random remasking).
+    noise (random remasking). The noise is drawn from ``generator``, or given as ``noise`` = (Gumbel
+    uniforms (B, Lb, V) float64, random-remasking uniforms (B, Lb)).
 
     Args:
         logits: (B, Lb, V). block_masked: (B, Lb) bool. Returns proposal (B, Lb) long, confidence (B, Lb) float.
     """
     logits = logits.float().clone()
     logits[..., mask_id] = -torch.inf  # a decoded token is never the mask token (an untrained model may prefer it)
-    proposal = gumbel_argmax(logits, temperature=temperature, generator=generator)
+    if noise is None:
+        proposal = gumbel_argmax(logits, temperature=temperature, generator=generator)
+    elif temperature == 0:
+        proposal = logits.argmax(-1)
+    else:
+        proposal = gumbel_argmax_from_uniform(logits, noise[0], temperature=temperature)
     if remasking == "random":
-        confidence = torch.rand(block_masked.shape, generator=generator, device=logits.device)
+        if noise is None:
+            confidence = torch.rand(block_masked.shape, generator=generator, device=logits.device)
+        else:
+            confidence = noise[1].float()
     else:
         probs = torch.softmax(logits, dim=-1)
         confidence = probs.gather(-1, proposal[..., None]).squeeze(-1)  # p(proposed token)
     return proposal, confidence.masked_fill(~block_masked, -torch.inf)
+
+
+def _transfer(
+    confidence: torch.Tensor, block_masked: torch.Tensor, *, k: torch.Tensor | None, threshold: float | None
+) -> torch.Tensor:
+    """(B, Lb) bool, the positions unmasked this step: each row's k[b] most confident (fixed schedules), or
+    those whose confidence reaches ``threshold`` and at least the most confident one (``k`` None).
+
+    Args:
+        confidence: (B, Lb) float, -inf where already decoded. block_masked: (B, Lb) bool. k: (B,) long.
+    """
+    if k is None:
+        most_confident = top_k_mask(confidence, torch.ones(len(confidence), dtype=torch.long, device=confidence.device))
+        return ((confidence >= threshold) | most_confident) & block_masked
+    return top_k_mask(confidence, k) & block_masked
+
+
+def _row_noise(
+    seeds: torch.Tensor, row_step: torch.Tensor, position: torch.Tensor, vocab: int, *, gen_length: int, gumbel: bool
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Each row's own uniforms for one step: Gumbel (n, Lb, V) float64 (None unless ``gumbel``) and random
+    remasking (n, Lb) float64.
+
+    The counter of a draw is ((row step * L + completion position) * (V + 1) + c), c < V for the Gumbel
+    noise of token c and c = V for remasking, so no two draws of a row share one.
+
+    Args:
+        seeds: (n,) long. row_step: (n,) long, the row's forward passes so far. position: (n, Lb) long,
+            completion positions of the row's block.
+    """
+    base = (row_step[:, None] * gen_length + position) * (vocab + 1)  # (n, Lb)
+    tokens = torch.arange(vocab, device=seeds.device)  # (V,)
+    gumbel_u = counter_uniform(seeds, base[..., None] + tokens) if gumbel else None
+    return gumbel_u, counter_uniform(seeds, base + vocab)
+
+
+class _BlockLogits:
+    """One decoding step's model call: the logits of each row's current block, exact or with the KV cache.
+
+    Rows may be in different blocks (continuous batching). Exact: the model is asked for the span that
+    covers every row's block, and each row's block is gathered from it. Cached: each row's own block
+    positions are asked for; when only some rows start a block, those get an exact forward pass of their
+    own and the others a cached one (two calls on disjoint rows, one decoding step).
+    """
+
+    def __init__(self, model: MaskedDiffusionLM, *, kv_cache: str, block_length: int) -> None:
+        self.model = model
+        self.block_length = block_length
+        self.mode = kv_cache if kv_cache == "none" or isinstance(model, KVCacheLM) else "none"
+        if self.mode != kv_cache:
+            warnings.warn(
+                f"kv_cache = {kv_cache!r} but {type(model).__name__} does not implement KVCacheLM "
+                "(cached_forward): decoding without the cache (exact)",
+                stacklevel=3,
+            )
+        self.cache = None
+
+    def __call__(
+        self, x: torch.Tensor, attn: torch.Tensor | None, lo: torch.Tensor, refresh: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits (n, Lb, V) of rows x (n, T) at their blocks lo[i] .. lo[i] + Lb; ``refresh`` (n,) bool marks
+        the rows at the first step of a block, whose cached keys/values are recomputed (an exact forward)."""
+        lo_min, lo_max = int(lo.min()), int(lo.max())
+        if self.mode == "none":
+            logits = self.model(x, attn, positions=slice(lo_min, lo_max + self.block_length))  # (n, span, V)
+            if lo_min == lo_max:
+                return logits
+            return logits.gather(1, (self._where(lo) - lo_min)[..., None].expand(-1, -1, logits.shape[-1]))
+        if self.cache is None or bool(refresh.all()):
+            logits, self.cache = self.model.cached_forward(x, attn, cache=None, positions=self._positions(lo))
+            return logits
+        if not bool(refresh.any()):
+            logits, self.cache = self._cached(x, attn, lo, self.cache)
+            return logits
+        starting, going = refresh.nonzero().squeeze(-1), (~refresh).nonzero().squeeze(-1)  # (n1,), (n2,)
+        attn_s, attn_g = (None, None) if attn is None else (attn[starting], attn[going])
+        logits_s, cache_s = self.model.cached_forward(
+            x[starting], attn_s, cache=None, positions=self._positions(lo[starting])
+        )  # (n1, Lb, V)
+        logits_g, cache_g = self._cached(x[going], attn_g, lo[going], self.cache.select(going))  # (n2, Lb, V)
+        self.cache.replace(starting, cache_s)
+        self.cache.replace(going, cache_g)
+        logits = logits_s.new_empty((len(lo), *logits_s.shape[1:]))  # (n, Lb, V)
+        logits[starting] = logits_s
+        logits[going] = logits_g
+        return logits
+
+    def _where(self, lo: torch.Tensor) -> torch.Tensor:
+        """(n, Lb) long: each row's block positions."""
+        return lo[:, None] + torch.arange(self.block_length, device=lo.device)
+
+    def _positions(self, lo: torch.Tensor) -> slice | torch.Tensor:
+        """The blocks' positions for the model: one slice when the rows share a block, else per row."""
+        lo_min = int(lo.min())
+        return slice(lo_min, lo_min + self.block_length) if lo_min == int(lo.max()) else self._where(lo)
+
+    def _cached(self, x: torch.Tensor, attn: torch.Tensor | None, lo: torch.Tensor, cache: object) -> tuple:
+        """The cached forward of rows x (n, T) past the first step of their blocks: recompute the block (dual),
+        or the block and everything after it (prefix)."""
+        hi = torch.full_like(lo, x.shape[1]) if self.mode == "prefix" else lo + self.block_length
+        return self.model.cached_forward(x, attn, cache=cache, fresh_lo=lo, fresh_hi=hi, positions=self._positions(lo))
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep the cache of ``rows`` ((n,) long) only."""
+        if self.cache is not None:
+            self.cache = self.cache.select(rows)
 
 
 @torch.no_grad()
@@ -194,6 +360,7 @@ def generate(
     temperature: float = 0.0,
     threshold: float | None = None,
     stop_at_eos: bool = False,
+    kv_cache: KVCache = "none",
     generator: torch.Generator | None,
 ) -> SampleOut:
     """Decode ``gen_length`` tokens after each prompt (see the module docstring for the strategies).
@@ -206,6 +373,7 @@ def generate(
         mask_id, eos_id: from the tokenizer (``model.mask_token_id``, ``model.eos_token_id``).
         steps: total denoising steps of the fixed schedules (split evenly over the blocks); unused by threshold.
         threshold: confidence needed to unmask in ``threshold`` remasking.
+        kv_cache: none (exact), prefix or dual (Fast-dLLM's approximate caches; see the module docstring).
         generator: source of the Gumbel noise and of random remasking; None only for greedy decoding.
     """
     _check_args(
@@ -219,7 +387,8 @@ def generate(
         threshold=threshold,
         stop_at_eos=stop_at_eos,
         eos_id=eos_id,
-        generator=generator,
+        kv_cache=kv_cache,
+        has_randomness=generator is not None,
     )
     batch, prompt_length = prompt_ids.shape
     device = prompt_ids.device
@@ -230,6 +399,7 @@ def generate(
         attn = torch.cat([attention_mask.bool(), torch.ones_like(completion, dtype=torch.bool)], dim=1)
     num_blocks = gen_length // block_length
     steps_per_block = None if remasking == "threshold" else steps // num_blocks
+    forward = _BlockLogits(model, kv_cache=kv_cache, block_length=block_length)
     nfe = 0
     row_nfe = torch.zeros(batch, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -240,6 +410,7 @@ def generate(
         if steps_per_block is not None:
             schedule = num_transfer_tokens(x[:, lo:hi] == mask_id, steps_per_block)  # (B, S)
         step = 0
+        first_forward = True
         while True:
             block_masked = x[:, lo:hi] == mask_id  # (B, Lb)
             if schedule is not None:
@@ -251,18 +422,16 @@ def generate(
                     continue  # nothing to unmask at this step: skip the forward pass
             elif not bool(block_masked.any()):
                 break
-            logits = model(x, attn, positions=slice(lo, hi))  # (B, Lb, V): the block's logits only
+            block_lo = torch.full((batch,), lo, dtype=torch.long, device=device)
+            refresh = torch.full((batch,), first_forward, dtype=torch.bool, device=device)
+            logits = forward(x, attn, block_lo, refresh)  # (B, Lb, V): the block's logits only
+            first_forward = False
             nfe += 1
             row_nfe += (block_masked.any(-1) & ~finished).long()
             proposal, confidence = _propose(
                 logits, block_masked, mask_id=mask_id, remasking=remasking, temperature=temperature, generator=generator
             )  # (B, Lb) each
-            if schedule is not None:
-                transfer = top_k_mask(confidence, k)
-            else:
-                most_confident = top_k_mask(confidence, torch.ones(batch, dtype=torch.long, device=device))
-                transfer = (confidence >= threshold) | most_confident
-            transfer &= block_masked  # (B, Lb)
+            transfer = _transfer(confidence, block_masked, k=None if schedule is None else k, threshold=threshold)
             x[:, lo:hi] = torch.where(transfer, proposal, x[:, lo:hi])
             if stop_at_eos:
                 finished = rows_finished(x[:, prompt_length:], mask_id=mask_id, eos_id=eos_id)
@@ -270,6 +439,196 @@ def generate(
                     x[:, prompt_length:] = x[:, prompt_length:].masked_fill(x[:, prompt_length:] == mask_id, eos_id)
                     return SampleOut(tokens=x, prompt_length=prompt_length, nfe=nfe, row_nfe=row_nfe)
     return SampleOut(tokens=x, prompt_length=prompt_length, nfe=nfe, row_nfe=row_nfe)
+
+
+@dataclass
+class _Live:
+    """The rows being decoded by ``generate_continuous``, one per occupied slot."""
+
+    rows: torch.Tensor
+    """(n,) long: queue index of each live row."""
+    x: torch.Tensor
+    """(n, P + L) long: prompt and completion so far."""
+    attn: torch.Tensor
+    """(n, P + L) bool."""
+    seeds: torch.Tensor
+    """(n,) long: each row's noise stream."""
+    block: torch.Tensor
+    """(n,) long: index of the row's current block."""
+    step: torch.Tensor
+    """(n,) long: forward passes the row has had in its current block."""
+    nfe: torch.Tensor
+    """(n,) long: forward passes the row has had in all (also its noise counter)."""
+
+    FIELDS = ("rows", "x", "attn", "seeds", "block", "step", "nfe")
+
+    @classmethod
+    def admit(
+        cls,
+        rows: torch.Tensor,
+        prompt_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        seeds: torch.Tensor,
+        *,
+        gen_length: int,
+        mask_id: int,
+    ) -> _Live:
+        """Fresh rows for the queued prompts ``rows`` ((k,) long): the prompt, then ``gen_length`` masks."""
+        masks = torch.full((len(rows), gen_length), mask_id, dtype=torch.long, device=prompt_ids.device)  # (k, L)
+        zeros = torch.zeros(len(rows), dtype=torch.long, device=prompt_ids.device)
+        return cls(
+            rows=rows,
+            x=torch.cat([prompt_ids[rows], masks], 1),
+            attn=torch.cat([attention_mask[rows], torch.ones_like(masks, dtype=torch.bool)], 1),
+            seeds=seeds[rows],
+            block=zeros,
+            step=zeros.clone(),
+            nfe=zeros.clone(),
+        )
+
+    def put(self, slots: torch.Tensor, new: _Live) -> None:
+        """Overwrite the rows at ``slots`` ((k,) long) with ``new``'s k rows."""
+        for name in self.FIELDS:
+            getattr(self, name)[slots] = getattr(new, name)
+
+    def keep(self, keep: torch.Tensor) -> None:
+        """Drop the rows where ``keep`` (n,) bool is False."""
+        for name in self.FIELDS:
+            setattr(self, name, getattr(self, name)[keep])
+
+
+@torch.no_grad()
+def generate_continuous(
+    model: MaskedDiffusionLM,
+    prompt_ids: torch.Tensor,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    mask_id: int,
+    eos_id: int | None,
+    gen_length: int,
+    block_length: int,
+    slots: int,
+    steps: int | None = None,
+    remasking: Remasking = "threshold",
+    temperature: float = 0.0,
+    threshold: float | None = None,
+    stop_at_eos: bool = False,
+    kv_cache: KVCache = "none",
+    generator: torch.Generator | None,
+    row_seeds: torch.Tensor | None = None,
+) -> SampleOut:
+    """Decode a queue of prompts with continuous batching: at most ``slots`` rows at once, refilled as rows finish.
+
+    Each row follows the rules of ``generate`` alone (same blocks, schedule or threshold, EOS stop) and
+    its noise comes from its own counter-based stream, so its tokens and NFE are those of decoding it
+    alone with the same seed, whatever the slot count, its neighbours or its place in the queue (up to
+    floating-point differences of the model's batched matmuls). A finished row's still-masked positions
+    are filled with EOS (``stop_at_eos``) and its slot goes to the next waiting prompt; once the queue is
+    empty the batch shrinks. Rows at different blocks are run together: exact, the model computes the
+    span that covers their blocks; with a KV cache, each row's own block.
+
+    Args:
+        prompt_ids: (N, P) long, the whole queue, left-padded to one length.
+        attention_mask: (N, P) bool, False on prompt padding.
+        slots: rows decoded at once (the batch size of each forward pass), >= 1.
+        generator: draws one seed per row (N,) when the decoding is random; None for greedy decoding.
+        row_seeds: (N,) long, the per-row seeds themselves (instead of drawing them from ``generator``);
+            decoding row i alone with ``row_seeds[i:i + 1]`` gives its tokens here.
+        Others: as ``generate``.
+    Returns:
+        ``SampleOut`` with tokens (N, P + L) in queue order, ``nfe`` the batched forward passes of the whole
+        queue and ``row_nfe`` (N,) those of each row.
+    """
+    needs_noise = temperature > 0 or remasking == "random"
+    _check_args(
+        prompt_ids,
+        attention_mask,
+        gen_length=gen_length,
+        block_length=block_length,
+        steps=steps,
+        remasking=remasking,
+        temperature=temperature,
+        threshold=threshold,
+        stop_at_eos=stop_at_eos,
+        eos_id=eos_id,
+        kv_cache=kv_cache,
+        has_randomness=generator is not None or row_seeds is not None,
+    )
+    n_rows, prompt_length = prompt_ids.shape
+    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+        raise ValueError(f"slots must be a positive int, got {slots!r}")
+    if row_seeds is not None and (row_seeds.shape != (n_rows,) or row_seeds.dtype != torch.long):
+        raise ValueError(f"row_seeds must be a ({n_rows},) long tensor, got {tuple(row_seeds.shape)} {row_seeds.dtype}")
+    device = prompt_ids.device
+    if row_seeds is None:
+        row_seeds = torch.zeros(n_rows, dtype=torch.long, device=device)
+        if needs_noise:
+            row_seeds = torch.randint(0, 2**62, (n_rows,), generator=generator, device=device)
+    attention_mask = torch.ones_like(prompt_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    num_blocks = gen_length // block_length
+    schedule = None  # every block starts fully masked, so the linear schedule is the same for every row and block
+    if remasking != "threshold":
+        full_block = torch.ones(1, block_length, dtype=torch.bool, device=device)
+        schedule = num_transfer_tokens(full_block, steps // num_blocks)[0]  # (S,)
+    tokens = torch.empty(n_rows, prompt_length + gen_length, dtype=torch.long, device=device)
+    row_nfe = torch.zeros(n_rows, dtype=torch.long, device=device)
+    forward = _BlockLogits(model, kv_cache=kv_cache, block_length=block_length)
+    within = torch.arange(block_length, device=device)  # (Lb,)
+
+    def admit(rows: torch.Tensor) -> _Live:
+        return _Live.admit(rows, prompt_ids, attention_mask, row_seeds, gen_length=gen_length, mask_id=mask_id)
+
+    live = admit(torch.arange(min(slots, n_rows), device=device))
+    waiting = len(live.rows)  # queue index of the next prompt to admit
+    nfe = 0
+    while len(live.rows):
+        lo = prompt_length + live.block * block_length  # (n,)
+        where = lo[:, None] + within  # (n, Lb) each row's block positions
+        current = live.x.gather(1, where)  # (n, Lb)
+        block_masked = current == mask_id  # (n, Lb): never all False, a finished block moves its row on
+        logits = forward(live.x, live.attn, lo, live.step == 0)  # (n, Lb, V)
+        nfe += 1
+        noise = None
+        if needs_noise:
+            noise = _row_noise(
+                live.seeds,
+                live.nfe,
+                where - prompt_length,
+                logits.shape[-1],
+                gen_length=gen_length,
+                gumbel=temperature > 0,
+            )
+        proposal, confidence = _propose(
+            logits, block_masked, mask_id=mask_id, remasking=remasking, temperature=temperature, noise=noise
+        )  # (n, Lb) each
+        k = None if schedule is None else schedule[live.step]  # (n,)
+        transfer = _transfer(confidence, block_masked, k=k, threshold=threshold)  # (n, Lb)
+        live.x.scatter_(1, where, torch.where(transfer, proposal, current))
+        live.nfe += 1
+        live.step += 1
+        block_done = ~(block_masked & ~transfer).any(-1)  # (n,)
+        live.block += block_done.long()
+        live.step.masked_fill_(block_done, 0)
+        done = live.block == num_blocks  # (n,)
+        if stop_at_eos:
+            completion = live.x[:, prompt_length:]  # (n, L) a view
+            finished = rows_finished(completion, mask_id=mask_id, eos_id=eos_id)
+            completion.masked_fill_(finished[:, None] & (completion == mask_id), eos_id)
+            done |= finished
+        if not bool(done.any()):
+            continue
+        tokens[live.rows[done]] = live.x[done]
+        row_nfe[live.rows[done]] = live.nfe[done]
+        refill = done.nonzero().squeeze(-1)[: n_rows - waiting]  # (k,) slots that take a waiting prompt
+        if len(refill):
+            live.put(refill, admit(torch.arange(waiting, waiting + len(refill), device=device)))
+            waiting += len(refill)
+            done[refill] = False
+        if bool(done.any()):  # the queue is empty: the batch shrinks
+            keep = ~done
+            live.keep(keep)
+            forward.select(keep.nonzero().squeeze(-1))
+    return SampleOut(tokens=tokens, prompt_length=prompt_length, nfe=nfe, row_nfe=row_nfe)
 
 
 def sample(
@@ -280,10 +639,12 @@ def sample(
     attention_mask: torch.Tensor | None = None,
     generator: torch.Generator | None,
 ) -> SampleOut:
-    """``generate`` with the settings of a ``SamplerConfig`` and the special ids of ``model``."""
-    return generate(
-        model,
-        prompt_ids,
+    """Decode ``prompt_ids`` (B, P) with the settings of a ``SamplerConfig`` and the special ids of ``model``.
+
+    ``generate`` (the whole batch at once), or ``generate_continuous`` over the batch as a queue when
+    ``cfg.slots`` is set: pass every prompt of an RL step at once, and ``cfg.slots`` rows are decoded at a time.
+    """
+    common = dict(
         attention_mask=attention_mask,
         mask_id=model.mask_token_id,
         eos_id=model.eos_token_id,
@@ -294,5 +655,9 @@ def sample(
         temperature=cfg.temperature,
         threshold=cfg.threshold,
         stop_at_eos=cfg.stop_at_eos,
+        kv_cache=cfg.kv_cache,
         generator=generator,
     )
+    if cfg.slots is None:
+        return generate(model, prompt_ids, **common)
+    return generate_continuous(model, prompt_ids, slots=cfg.slots, **common)
