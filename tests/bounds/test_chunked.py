@@ -109,7 +109,7 @@ class _DropoutScorer(nn.Module):
 
 def test_dropout_is_replayed_in_the_recomputation():
     model = _DropoutScorer().train()
-    net, prompt, completion, valid, draws, adv, old = _setup(3)
+    _, prompt, completion, valid, draws, adv, old = _setup(3)
     loss_fn = _loss_fn("fpo", old, draws, valid, adv)
     chunks = draw_chunks(K, 2)
 
