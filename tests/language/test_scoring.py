@@ -66,7 +66,8 @@ def _llada_like(directory: Path) -> HFMaskedLM:
         "    def forward(self, input_ids", "    def get_output_embeddings(self):\n        return self.ff_out\n\n"
         "    def forward(self, input_ids",
     )  # fmt: skip
-    files = {"configuration_tiny_llada.py": CONFIGURATION_SRC, "modeling_tiny_llada.py": src}
+    # Own file name: transformers keeps remote-code modules imported by name, and test_models loads the headless one.
+    files = {"configuration_tiny_llada.py": CONFIGURATION_SRC, "modeling_tiny_llada_head.py": src}
     _save_custom_code(
         directory,
         files,
@@ -84,7 +85,7 @@ def _hf(kind: str, tmp_path: Path) -> HFMaskedLM:
         cfg = ModelConfig(kind="hf", path=str(write_bert(tmp_path / "bert")))
         model = build_model(cfg, tokenizer=build_tokenizer(cfg))
     elif kind == "llada":
-        model = _llada_like(tmp_path / "llada")
+        model = _llada_like(tmp_path / "llada_head")
     else:
         model = _llama_like(logits_shift=kind == "llama_shifted")
     return model.double().eval()
