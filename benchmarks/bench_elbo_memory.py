@@ -7,7 +7,8 @@ transformer made wider and given a realistic vocabulary (V = 32768; prompt 64, c
 logits dominate memory as they do for LLaDA (V = 126k).
 
 Peak memory: each variant runs once in a fresh process; the figure is the growth of its peak resident memory
-(``ru_maxrss``) over the model, inputs and old scores alone. Time: interleaved medians in this process.
+during the step over its resident memory before it (model, inputs, old scores), read from /proc/self/status
+after resetting the peak (Linux). Time: interleaved medians of CPU time on one thread, in this process.
 Figures (candidate / reference, both measured here):
   - ``peak_memory_ratio``, ``time_ratio``: lean scoring (masked logits, chunks of ``CHUNK`` draws) vs today's;
   - ``chunk_only_peak_memory_ratio``, ``chunk_only_time_ratio``: chunks of draws alone (full logits both);
@@ -22,14 +23,14 @@ from __future__ import annotations
 
 import json
 import os
-import resource
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.timing import interleaved_medians
 from dipod.bounds.chunked import chunked_draws_backward
 from dipod.bounds.masked import draw_masks, masked_token_logprobs
 from dipod.config import ObjectiveConfig
@@ -101,21 +102,49 @@ def _peak_rss_growths(batch: int) -> dict[str, float]:
     return growth
 
 
+def _cpu_medians(fns: dict, *, repeats: int) -> dict[str, float]:
+    """Median CPU seconds of this process per call, measured round-robin. Every variant runs on one thread
+    (``torch.set_num_threads(1)``), so CPU time is the wall time it would take on an idle core, and other
+    jobs sharing the machine do not enter it."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            start = time.process_time()
+            fn()
+            times[key].append(time.process_time() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _status_kib(key: str) -> int:
+    """A memory line of /proc/self/status (VmRSS, VmHWM) in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
 def _measure_one(variant: str, batch: int) -> dict:
+    """Peak resident memory of one step above the resident memory just before it. Linux: the peak (VmHWM) is
+    reset to the current RSS first, so the setup's own transient peak does not hide the step's."""
     torch.set_num_threads(1)
     bench = _setup(batch)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to VmRSS
+    before = _status_kib("VmRSS")
     bench["step"](variant)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"variant": variant, "peak_rss_growth_mib": (after - before) / 1024}
+    return {"variant": variant, "peak_rss_growth_mib": (_status_kib("VmHWM") - before) / 1024}
 
 
 def run(quick: bool) -> dict:
     batch = 2 if quick else 4
     memory = _peak_rss_growths(batch)
-    bench = _setup(batch)
-    steps = {name: (lambda name=name: bench["step"](name)) for name in VARIANTS}
-    times = interleaved_medians(steps, repeats=2 if quick else 5, warmup=0 if quick else 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        bench = _setup(batch)
+        steps = {name: (lambda name=name: bench["step"](name)) for name in VARIANTS}
+        times = _cpu_medians(steps, repeats=3 if quick else 7)
+    finally:
+        torch.set_num_threads(threads)
     figures = {
         "peak_memory_ratio": memory["lean_chunked"] / memory["today"],
         "time_ratio": times["lean_chunked"] / times["today"],
@@ -131,7 +160,7 @@ def run(quick: bool) -> dict:
     reference = (
         f"today's scoring: full-vocabulary logits at every position, all K={DRAWS} draws in one FPO + DiPOD forward"
         f" + backward; tiny model 4x256, V={VOCAB}, B={batch}, prompt {PROMPT}, completion {GEN}; lean = logits at"
-        f" masked tokens only, chunked = {CHUNK} draw(s) per pass; memory = peak RSS growth in a fresh process"
+        f" masked tokens only, chunked = {CHUNK} draw(s) per pass; memory = peak RSS growth in the step, own process"
     )
     return {"figures": figures, "reference": reference}
 

@@ -250,12 +250,14 @@ class HFMaskedLM(nn.Module):
         """Forward pre-hook of the output projection: keep the hidden states at ``self._gather`` only. With
         shifted logits (Dream) the logits at position i come from the hidden state at max(i - 1, 0)."""
         hidden, *rest = args  # (N, T, C)
-        if self._gather is None or hidden.dim() != 3:
+        if self._gather is None:
             return None
+        if hidden.dim() != 3:  # e.g. unpadded (tokens, C) hidden states: the probe falls back to slicing
+            raise RuntimeError(f"output projection got hidden states of shape {tuple(hidden.shape)}, not (N, T, C)")
         shift = int(self.logits_shift)
         if isinstance(self._gather, slice):
             cols = torch.arange(hidden.shape[1], device=hidden.device)[self._gather]  # (Tp,)
-            return ((hidden[:, (cols - shift).clamp(min=0)]), *rest)  # (N, Tp, C)
+            return (hidden[:, (cols - shift).clamp(min=0)], *rest)  # (N, Tp, C)
         rows, cols = self._gather.nonzero(as_tuple=True)  # (M,), (M,) in row-major order
         return (hidden[rows, (cols - shift).clamp(min=0)], *rest)  # (M, C)
 
