@@ -20,6 +20,7 @@ Shape legend: B completions, K draws, k draws in a chunk, L completion length.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -51,6 +52,7 @@ def chunked_draws_backward(
     *,
     chunk_size: int | None,
     loss_scale: float = 1.0,
+    no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
 ) -> LossOut:
     """Compute ``loss_fn(score_fn(draws))`` and accumulate ``loss_scale`` times its gradient into ``.grad``,
     holding the graph of at most ``chunk_size`` draws at a time.
@@ -63,6 +65,10 @@ def chunked_draws_backward(
         chunk_size: draws per forward pass; None or >= K is the plain one-pass forward + backward.
         loss_scale: the backward pass uses ``loss * loss_scale`` (a micro-batch's share of the batch); the
             returned loss is unscaled.
+        no_sync: DDP's ``model.no_sync`` for a micro-batch whose gradients are to be all-reduced: every chunk's
+            forward + backward but the final one then runs inside it, so the gradients are all-reduced once,
+            when the final one completes them (DDP reads the flag in forward). Leave it None for a
+            micro-batch already inside ``no_sync()``, and on one process.
     Returns:
         The ``LossOut`` of ``loss_fn`` with the loss and ELBO detached (the gradient is already in ``.grad``).
     """
@@ -73,24 +79,25 @@ def chunked_draws_backward(
         return _detached(out)
     *early, last = chunks
     device = draws.mask.device
+    quiet = no_sync if no_sync is not None else contextlib.nullcontext
     states, pieces = [], []
     with torch.no_grad():
         for chunk in early:
             states.append(_rng_state(device))
             pieces.append(score_fn(draws.select(chunk)))  # (B, k, L) values only
     leaf = torch.cat(pieces, dim=1).requires_grad_()  # (B, K - k_last, L)
-    token_logp = torch.cat([leaf, score_fn(draws.select(last))], dim=1)  # (B, K, L): last chunk with its graph
-    out = loss_fn(token_logp)
-    (out.loss * loss_scale).backward()  # the last chunk's parameter gradient, and dLoss/dleaf
-    upstream = leaf.grad  # (B, K - k_last, L); None when the loss does not read the early draws
-    if upstream is None:
-        return _detached(out)
+    with quiet():
+        token_logp = torch.cat([leaf, score_fn(draws.select(last))], dim=1)  # (B, K, L): last chunk with its graph
+        out = loss_fn(token_logp)
+        (out.loss * loss_scale).backward()  # the last chunk's parameter gradient, and dLoss/dleaf
+    upstream = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)  # (B, K - k_last, L)
     after = _rng_state(device)
     try:
-        for chunk, state in zip(early, states, strict=True):
+        for i, (chunk, state) in enumerate(zip(early, states, strict=True)):
             _set_rng_state(state, device)
-            logp = score_fn(draws.select(chunk))  # (B, k, L) again, with its graph
-            logp.backward(upstream[:, chunk])
+            with quiet() if i < len(early) - 1 else contextlib.nullcontext():
+                logp = score_fn(draws.select(chunk))  # (B, k, L) again, with its graph
+                logp.backward(upstream[:, chunk])
     finally:
         _set_rng_state(after, device)
     return _detached(out)

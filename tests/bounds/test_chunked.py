@@ -1,7 +1,12 @@
 """The chunked K-draw forward + backward gives the unchunked loss and gradients, for losses non-linear in the draws."""
 
+import contextlib
+import os
+import socket
+
 import pytest
 import torch
+import torch.multiprocessing as mp
 from torch import nn
 
 from dipod.bounds.chunked import chunked_draws_backward, draw_chunks
@@ -129,4 +134,79 @@ def test_dropout_is_replayed_in_the_recomputation():
     assert torch.equal(torch.rand(1), after_reference)  # the random stream continues as after one pass
     torch.testing.assert_close(out.loss, reference.loss.detach(), rtol=0, atol=1e-12)
     for got, want in zip(_grads(model), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-10)
+
+
+def test_with_no_sync_only_the_final_chunk_synchronises():
+    net, prompt, completion, valid, draws, adv, old = _setup(4)
+    loss_fn = _loss_fn("fpo", old, draws, valid, adv)
+    state = {"quiet": False}
+    calls = []
+
+    @contextlib.contextmanager
+    def no_sync():
+        state["quiet"] = True
+        try:
+            yield
+        finally:
+            state["quiet"] = False
+
+    def score_fn(chunk_draws):
+        calls.append((torch.is_grad_enabled(), state["quiet"]))
+        return masked_token_logprobs(net, prompt, completion, chunk_draws, mask_id=MASK_ID)
+
+    chunked_draws_backward(score_fn, loss_fn, draws, chunk_size=2, no_sync=no_sync)  # 3 chunks
+    # two graph-free passes, the last chunk and the first recomputation quiet, the final recomputation synced
+    assert calls == [(False, False), (False, False), (True, True), (True, True), (True, False)]
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Each process: its half of the batch in two micro-batches, chunked, with DDP's no_sync as a trainer would."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        net, prompt, completion, valid, draws, adv, old = _setup(5)
+        ddp = nn.parallel.DistributedDataParallel(net)
+        half = B // world + 1  # rows [0, 3) and [3, 5): the processes hold different shares
+        rows = slice(0, half) if rank == 0 else slice(half, B)
+        micro = [slice(rows.start, rows.start + 1), slice(rows.start + 1, rows.stop)]
+        for i, mb in enumerate(micro):
+            mb_draws = draws[mb]
+            loss_fn = _loss_fn("fpo", old[mb], mb_draws, valid[mb], adv[mb])
+
+            def score_fn(chunk, mb=mb):
+                return masked_token_logprobs(ddp, prompt[mb], completion[mb], chunk, mask_id=MASK_ID)
+
+            share = (mb.stop - mb.start) * world / B  # DDP averages over processes: scale back to the batch mean
+            last = i == len(micro) - 1
+            with contextlib.nullcontext() if last else ddp.no_sync():
+                chunked_draws_backward(
+                    score_fn, loss_fn, mb_draws, chunk_size=2, loss_scale=share, no_sync=ddp.no_sync if last else None
+                )
+        if rank == 0:
+            torch.save([p.grad for p in net.parameters()], out)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_chunked_backward_equals_the_single_process_gradient(tmp_path):
+    out = str(tmp_path / "grads.pt")
+    mp.spawn(_ddp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    net, prompt, completion, valid, draws, adv, old = _setup(5)
+    # One process, whole batch, no chunks: the mean over rows of each row's loss term.
+    total = 0.0
+    for row in range(B):
+        r = slice(row, row + 1)
+        loss_fn = _loss_fn("fpo", old[r], draws[r], valid[r], adv[r])
+        total = total + loss_fn(masked_token_logprobs(net, prompt[r], completion[r], draws[r], mask_id=MASK_ID)).loss
+    (total / B).backward()
+    for got, want in zip(torch.load(out), [p.grad for p in net.parameters()], strict=True):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-10)
