@@ -262,3 +262,15 @@ def test_hf_gradient_checkpointing_through_transformers_in_eval_mode(tmp_path):
     assert not any(m.training for m in checkpointed.net.modules())  # and every module is back in eval mode
     for a, b in zip(grads[1], grads[0], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_config_keys_for_lean_scoring_are_checked():
+    from pydantic import ValidationError
+
+    from dipod.language.config import LanguageConfig
+
+    assert LanguageConfig().draw_chunk_size is None and not ModelConfig().gradient_checkpointing
+    assert LanguageConfig(draw_chunk_size=2).draw_chunk_size == 2
+    with pytest.raises(ValidationError, match="draw_chunk_size"):
+        LanguageConfig(draw_chunk_size=0)
+    assert not _tiny().gradient_checkpointing
