@@ -71,6 +71,11 @@ def chunked_draws_backward(
             micro-batch already inside ``no_sync()``, and on one process.
     Returns:
         The ``LossOut`` of ``loss_fn`` with the loss and ELBO detached (the gradient is already in ``.grad``).
+        The backward passes run whatever the loss value: a caller that skips a non-finite step discards the
+        gradients (``optimizer.zero_grad``), which is what skipping the backward would have left.
+
+    Exactness needs the recomputed scores to equal the first pass's bit for bit (deterministic forward kernels,
+    as on CPU and for cuBLAS matmuls); otherwise the gradient is taken at values that differ by rounding.
     """
     chunks = draw_chunks(draws.num_draws, chunk_size)
     if len(chunks) == 1:
