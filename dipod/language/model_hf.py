@@ -163,6 +163,7 @@ class HFMaskedLM(nn.Module):
         self._checkpointing = True
 
     def gradient_checkpointing_disable(self) -> None:
+        """Switch transformers' checkpointing off again."""
         disable = getattr(self.net, "activation_checkpointing_disable", None) or self.net.gradient_checkpointing_disable
         disable()
         self._checkpointing = False

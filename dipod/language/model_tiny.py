@@ -159,6 +159,7 @@ class TinyMaskedLM(nn.Module):
         self.gradient_checkpointing = True
 
     def gradient_checkpointing_disable(self) -> None:
+        """Keep every block's activations again (the default)."""
         self.gradient_checkpointing = False
 
     def forward(
@@ -199,7 +200,9 @@ class TinyMaskedLM(nn.Module):
             x = x[positions[:, span]]  # (M, C): hidden states of the selected positions only
         return self.lm_head(self.ln_f(x))  # (N, Tp, V) or (M, V)
 
-    def _block(self, block: Block, x: torch.Tensor, key_mask: torch.Tensor | None, queries: slice | None):
+    def _block(
+        self, block: Block, x: torch.Tensor, key_mask: torch.Tensor | None, queries: slice | None
+    ) -> torch.Tensor:
         if self.gradient_checkpointing and torch.is_grad_enabled():
             return checkpoint(block, x, key_mask, queries, use_reentrant=False)
         return block(x, key_mask, queries)
