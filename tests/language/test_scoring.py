@@ -239,6 +239,9 @@ def test_tiny_gradient_checkpointing_recomputes_blocks_in_eval_mode():
     with torch.no_grad():
         model(torch.randint(5, 40, (2, 8)))
     assert len(calls) == 3  # no graph, nothing to recompute
+    model.gradient_checkpointing_disable()
+    model(torch.randint(5, 40, (2, 8))).sum().backward()
+    assert len(calls) == 4
 
 
 def test_hf_gradient_checkpointing_through_transformers_in_eval_mode(tmp_path):
@@ -262,6 +265,9 @@ def test_hf_gradient_checkpointing_through_transformers_in_eval_mode(tmp_path):
     assert not any(m.training for m in checkpointed.net.modules())  # and every module is back in eval mode
     for a, b in zip(grads[1], grads[0], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    checkpointed.gradient_checkpointing_disable()
+    checkpointed(prompt).sum().backward()
+    assert len(calls) == 3  # one forward, no recomputation
 
 
 def test_config_keys_for_lean_scoring_are_checked():
