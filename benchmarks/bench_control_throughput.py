@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from dipod.config import load_config
+from dipod.runs.config import load_config
 from dipod.control.trainer import ControlTrainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "control"

@@ -81,10 +81,10 @@ def _batch(generator: torch.Generator) -> dict:
 
 
 def run(quick: bool) -> dict:
-    from dipod.config import ObjectiveConfig
+    from dipod.objectives import make_params
 
     torch.set_num_threads(1)
-    cfg = ObjectiveConfig(name="fpo")
+    cfg = make_params("language", "fpo")
     plain, dipod = _Variant(0.0, seed=0), _Variant(0.05, seed=0)
     generator = torch.Generator().manual_seed(0)
     batches = [_batch(generator) for _ in range(4)]

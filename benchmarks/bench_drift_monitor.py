@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_dipod_overhead import VOCAB, TinyMaskedLM
 
 from dipod.bounds.masked import draw_masks, masked_token_logprobs
-from dipod.config import DriftConfig, ObjectiveConfig
+from dipod.config import DriftConfig
+from dipod.objectives import make_params
 from dipod.diagnostics.drift import DEFAULT_EVERY, language_drift_probe
 from dipod.objectives import MaskedScores, dipod_term, get_objective
 
@@ -98,7 +99,7 @@ def _synthetic(quick: bool) -> tuple[float, float, DriftConfig]:
     torch.manual_seed(0)  # benchmark set-up only
     model = TinyMaskedLM(max_len=P + L)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    cfg = ObjectiveConfig(name="fpo")
+    cfg = make_params("language", "fpo")
     objective = get_objective("language", "fpo")
     drift = DriftConfig(every=DEFAULT_EVERY)
     generator = torch.Generator().manual_seed(0)
@@ -120,7 +121,7 @@ def _real_trainer() -> tuple[float, float]:
     """(median step seconds, median probe seconds) of the LanguageTrainer on the tiny Sudoku config."""
     import numpy as np
 
-    from dipod.config import load_config
+    from dipod.runs.config import load_config
     from dipod.diagnostics.drift import language_trainer_drift_probe
     from dipod.language.trainer import LanguageTrainer
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dipod.config import validate_config
+from dipod.runs.config import validate_config
 from dipod.language.rollout import ExampleSource, encode_prompts
 from dipod.language.sampler import sample
 from dipod.language.sft import train_sft

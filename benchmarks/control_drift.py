@@ -31,7 +31,7 @@ def train_with_probe(config: str, seed: int, env_steps: int, every: int, overrid
     """One run; returns its JSONL log."""
     import torch
 
-    from dipod.config import load_config
+    from dipod.runs.config import load_config
     from dipod.control.trainer import ControlTrainer
 
     torch.set_num_threads(1)

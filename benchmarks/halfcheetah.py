@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from dipod.config import load_config
+from dipod.runs.config import load_config
 from dipod.control.experiment import carry_evaluations, plot_curves, plot_drift, results_from_logs, run_grid, summarise
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -69,7 +69,7 @@ def train_with_probe(
     import numpy as np
     import torch
 
-    from dipod.config import load_config
+    from dipod.runs.config import load_config
     from dipod.diagnostics.adaptive_beta import AdaptiveBetaConfig, adapt_beta
     from dipod.diagnostics.drift import language_trainer_drift_probe
     from dipod.language.trainer import LanguageTrainer
@@ -113,7 +113,7 @@ def base_eval(config: str) -> dict:
     """Held-out evaluation of the untrained SFT base (the starting point of every run)."""
     import torch
 
-    from dipod.config import load_config
+    from dipod.runs.config import load_config
     from dipod.language.trainer import LanguageTrainer
 
     torch.set_num_threads(1)

@@ -30,7 +30,7 @@ VARIANTS = {"fpo": "sudoku_fpo.yaml", "fpo_dipod": "sudoku_fpo_dipod.yaml"}
 MEMORY_PROBE = """
 import sys, torch
 torch.set_num_threads(1)
-from dipod.config import load_config
+from dipod.runs.config import load_config
 from dipod.language.trainer import LanguageTrainer
 
 def status(key):
@@ -51,7 +51,7 @@ def run_variant(config: Path, seed: int, steps: int, eval_every: int, overrides:
     """Train one variant; returns its per-step rewards and the evaluation curve."""
     import torch
 
-    from dipod.config import load_config
+    from dipod.runs.config import load_config
     from dipod.language.trainer import LanguageTrainer
 
     torch.set_num_threads(1)

@@ -7,8 +7,8 @@ one message and exit with status 2 before any work starts.
 
 from __future__ import annotations
 
-import inspect
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -22,7 +22,10 @@ app = typer.Typer(
 )
 
 SetOption = Annotated[
-    list[str] | None, typer.Option("--set", help="Override a config value, e.g. --set objective.dipod_beta=0.05.")
+    list[str] | None,
+    typer.Option(
+        "--set", help="Override config values: --set objective.dipod_beta=0.05 train.steps=10 (or repeat --set)."
+    ),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or tables (for CI and logs).")]
 
@@ -35,9 +38,34 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+def expand_set_args(argv: list[str]) -> list[str]:
+    """``--set a=1 b=2`` -> ``--set a=1 --set b=2``: several overrides may follow one ``--set``.
+
+    A word after ``--set`` is another override while it holds ``=`` and is not an option, so a positional
+    argument (a config path) after the overrides still reads as one.
+    """
+    out: list[str] = []
+    in_set = False
+    for word in argv:
+        if word == "--set":
+            in_set = False
+            out.append(word)
+            in_set = True
+            continue
+        if in_set and out[-1] != "--set" and "=" in word and not word.startswith("-"):
+            out += ["--set", word]
+            continue
+        in_set = in_set and out[-1] == "--set"
+        out.append(word)
+        if out[-2:-1] == ["--set"]:
+            in_set = True
+    return out
+
+
 def _load_config(config: Path, overrides: list[str] | None):
     """The validated config, or exit 2 with the one-line message that names the bad key."""
-    from dipod.config import ConfigError, load_config
+    from dipod.config import ConfigError
+    from dipod.runs.config import load_config
 
     try:
         return load_config(config, overrides or [])
@@ -60,21 +88,28 @@ def train(
     config: Annotated[Path, typer.Argument(help="YAML run config (see configs/).")],
     set_: SetOption = None,
     out: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/<name>).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --out.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint (it must have one).")
+    ] = False,
+    auto_resume: Annotated[
+        bool, typer.Option("--auto-resume", help="Continue the run in --out if it has a checkpoint, else start it.")
+    ] = False,
     quiet: QuietOption = False,
 ) -> None:
     """Train a policy: writes config.yaml, metrics.jsonl, summary.json, checkpoints/ and tb/ into the run dir."""
-    from dipod import trainers
     from dipod.config import ConfigError
-    from dipod.runs import BadStepsError, CheckpointError, run_training
+    from dipod.runs import BadStepsError, CheckpointError, run_training, trainers
     from dipod.runs.loop import RunDirError, process_rank
 
     cfg = _load_config(config, set_)
-    if resume and out is None:
-        raise _fail("--resume needs --out DIR (the run directory to continue)", EXIT_CONFIG)
+    if resume and auto_resume:
+        raise _fail("--resume and --auto-resume exclude each other", EXIT_CONFIG)
+    if (resume or auto_resume) and out is None:
+        raise _fail("--resume and --auto-resume need --out DIR (the run directory to continue)", EXIT_CONFIG)
     out = out or _default_out(cfg.name)
+    mode = "always" if resume else "auto" if auto_resume else "never"
     try:
-        result = run_training(cfg, out, trainer_factory=trainers.build_trainer, resume=resume, quiet=quiet)
+        result = run_training(cfg, out, trainer_factory=trainers.build_trainer, resume=mode, quiet=quiet)
     except (ConfigError, RunDirError) as exc:
         raise _fail(str(exc), EXIT_CONFIG) from None
     except (CheckpointError, BadStepsError) as exc:
@@ -90,25 +125,22 @@ def sft(
     config: Annotated[Path, typer.Argument(help="YAML run config with a language section.")],
     set_: SetOption = None,
     out: Annotated[Path | None, typer.Option("--out", help="Output directory (default runs/<name>-sft).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the SFT run in --out.")] = False,
     quiet: QuietOption = False,
 ) -> None:
     """Supervised pre-training of a base policy (language) on the task's reference solutions."""
     cfg = _load_config(config, set_)
     if cfg.domain != "language":
         raise _fail(f"{config}: sft trains language models; this config has domain {cfg.domain!r}", EXIT_CONFIG)
-    from dipod.config import dump_config
-    from dipod.language.sft import train_sft
-    from dipod.runs.progress import RunProgress
+    from dipod.config import ConfigError
+    from dipod.runs.loop import RunDirError
+    from dipod.runs.sft import train_sft
 
     out = out or _default_out(f"{cfg.name}-sft")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(dump_config(cfg))
-    with RunProgress(cfg.language.sft.steps, description=f"{cfg.name} (sft)", quiet=quiet) as progress:
-
-        def log(row: dict[str, float]) -> None:
-            progress.update(int(row["step"]), {"reward_mean": row["eval/reward"]} if "eval/reward" in row else {})
-
-        _, _, history = train_sft(cfg, out_dir=out, log=log)
+    try:
+        _, _, history = train_sft(cfg, out_dir=out, resume="always" if resume else "never", quiet=quiet)
+    except (ConfigError, RunDirError) as exc:
+        raise _fail(str(exc), EXIT_CONFIG) from None
     evals = [row for row in history if "eval/accuracy" in row]
     final = f", eval accuracy {evals[-1]['eval/accuracy']:.3f}" if evals else ""
     typer.echo(f"sft finished: model and tokenizer in {out}{final}")
@@ -138,10 +170,9 @@ def eval_(
     quiet: QuietOption = False,
 ) -> None:
     """Evaluate a checkpoint (accuracy / return, reward, effective tokens, NFE) and write the metrics as JSON."""
-    from dipod import trainers
-    from dipod.config import ConfigError, apply_overrides, validate_config
+    from dipod.config import ConfigError, apply_overrides
+    from dipod.runs import open_trainer, trainers, validate_config
     from dipod.runs.checkpoint import CheckpointError
-    from dipod.runs.loop import _build_trainer
     from dipod.runs.rng import set_global_rng_state
 
     try:
@@ -152,25 +183,17 @@ def eval_(
         cfg = validate_config(apply_overrides(payload["config"], set_ or []), source=f"checkpoint {path}")
     except ConfigError as exc:
         raise _fail(str(exc), EXIT_CONFIG) from None
-    try:  # the device check and the factory's failures as in `train`
-        trainer = _build_trainer(cfg, trainers.build_trainer, None, path.parent)
+    try:
+        # Evaluation builds envs of its own: the trainer skips its training envs' snapshots (restore_envs=False),
+        # so e.g. --set control.num_envs=... does not matter here.
+        trainer = open_trainer(cfg, trainers.build_trainer, payload, path, restore_envs=False)
     except ConfigError as exc:
         raise _fail(str(exc), EXIT_CONFIG) from None
-    try:
-        # Evaluation builds envs of its own: where the trainer can skip its training envs' snapshots
-        # (ControlTrainer), it does, so e.g. --set control.num_envs=... does not matter here.
-        if "restore_envs" in inspect.signature(trainer.load_state_dict).parameters:
-            trainer.load_state_dict(payload["trainer"], restore_envs=False)
-        else:
-            trainer.load_state_dict(payload["trainer"])
-        set_global_rng_state(payload["rng"])
-    except (ValueError, KeyError, RuntimeError) as exc:
-        if hasattr(trainer, "close"):
-            trainer.close()
+    except CheckpointError as exc:
         raise _fail(f"cannot load {path} into a trainer built from its config (with --set applied): {exc}", 1) from None
+    set_global_rng_state(payload["rng"])
     metrics = {"step": trainer.step, "samples": trainer.samples, **trainer.evaluate()}
-    if hasattr(trainer, "close"):
-        trainer.close()
+    trainer.close()
     if out is None and run_dir is not None:
         out = run_dir / f"eval_step_{trainer.step:08d}.json"
     if out is not None:
@@ -234,7 +257,7 @@ def demo(
 
 def main() -> None:
     """Entry point of the ``dipod`` console script."""
-    app()
+    app(args=expand_set_args(sys.argv[1:]), prog_name="dipod")
 
 
 if __name__ == "__main__":

@@ -1,22 +1,24 @@
-"""Typed run configuration: YAML plus ``--set a.b=c`` overrides, validated before any work starts.
+"""The domain-free part of a run's configuration, and the YAML loading every config goes through.
 
-Every section is a strict pydantic model: an unknown key, a wrong type or an out-of-range value
-raises ``ConfigError`` naming the dotted key, the value, and the file and line it came from.
+A config is YAML plus ``--set a.b=c`` overrides. It may name a ``base:`` config (a path relative to
+it) whose keys it overrides, so an experiment's config is the few lines that differ. Every section is
+a strict pydantic model: an unknown key, a wrong type or an out-of-range value raises ``ConfigError``
+naming the dotted key, the value, and the file and line it came from (inside a base too).
+
+The domains extend ``RunConfigBase`` with their own section and objective (``LanguageRunConfig``,
+``ControlRunConfig``); ``dipod.runs.config`` picks one by the ``domain`` key.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from dipod.control.config import ControlConfig
-from dipod.language.config import LanguageConfig
-from dipod.objectives import OBJECTIVES
-
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message names the key, the value and where it came from."""
@@ -26,35 +28,6 @@ class Strict(BaseModel):
     """Base for config sections: unknown keys are errors, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class ObjectiveConfig(Strict):
-    """Which policy-gradient method, and its hyperparameters (../shared/paper.md §5 for the release's)."""
-
-    name: str = "fpo"
-    """Registered objective: language fpo | spg | diffu_grpo; control fpo | fpo_pp."""
-    dipod_beta: float = Field(0.05, ge=0)
-    """Weight of DiPOD's on-policy ELBO term; 0 gives the plain baseline."""
-    clip_low: float = Field(0.2, gt=0, lt=1)
-    """Lower PPO clip: ratios below 1 - clip_low stop paying for negative advantages."""
-    clip_high: float = Field(0.2, gt=0)
-    """Upper PPO clip (FPO++: the ASPO clip c)."""
-    elbo_scale: Literal["sum", "mean"] = "sum"
-    """Language ELBO scale: sequence sum (d1/FPO) or per-token mean (SPG)."""
-    kl_beta: float = Field(0.0, ge=0)
-    """Weight of the reference term (the release's linear ELBO difference, 0.04 there)."""
-    kl_type: Literal["elbo_difference", "k3"] = "elbo_difference"
-    """Reference term: the release's ELBO difference, or k3 KL on per-token log-probs (diffu-GRPO)."""
-    mix_weight: float = Field(0.5, ge=0, le=1)
-    """SPG: weight of the EUBO in the negative-advantage mixture (1 = pure EUBO)."""
-    eubo_beta: float = Field(1.5, gt=0)
-    """SPG: Renyi power beta_E of the EUBO proxy."""
-    log_ratio_max: float = Field(3.0, gt=0)
-    """FPO++: straight-through clamp on the per-draw log ratio."""
-    neg_adv_cfm_clamp: float | None = Field(20.0, gt=0)
-    """FPO++: clamp on the current CFM loss for negative advantages (None disables)."""
-    trust_region: Literal["aspo", "ppo"] = "aspo"
-    """FPO++: ASPO (PPO clip for A > 0, SPO for A < 0) or plain PPO clipping."""
 
 
 class OptimConfig(Strict):
@@ -76,12 +49,18 @@ class TrainConfig(Strict):
     eval_every: int = Field(0, ge=0)
     """Evaluate every this many steps; 0 only at the end."""
     checkpoint_every: int = Field(10, ge=1)
+    keep_checkpoints: int = Field(3, ge=1)
+    """Newest checkpoints kept in ``checkpoints/`` (older ones are deleted after each save)."""
     max_bad_steps: int = Field(5, ge=1)
     """Consecutive non-finite losses or gradients after which the run stops."""
     device: str = "cpu"
     """torch device: cpu, cuda, cuda:1, ..."""
     bf16: bool = False
     """bf16 autocast on CUDA (language models; control runs reject it)."""
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=lambda: ["tensorboard"])
+    """Metric sinks besides ``metrics.jsonl`` (always written: resume and ``dipod report`` read it), as TRL's
+    ``report_to``: tensorboard (``tb/``), wandb (Weights & Biases, offline unless ``WANDB_MODE`` says
+    otherwise; needs ``pip install wandb``). ``[]`` for none."""
 
 
 class DriftConfig(Strict):
@@ -95,71 +74,63 @@ class DriftConfig(Strict):
     """Language: orders for the importance-weighted log-likelihood where exact enumeration is too big."""
 
 
-class RunConfig(Strict):
-    """A whole run: the domain section, the objective and the training schedule."""
+class AdaptiveBetaConfig(Strict):
+    """Adaptive DiPOD weight driven by the drift monitor's gap (``dipod.diagnostics.adaptive_beta``).
 
-    domain: Literal["language", "control"]
-    seed: int = Field(0, ge=0)
-    name: str = "run"
-    objective: ObjectiveConfig = ObjectiveConfig()
-    optim: OptimConfig = OptimConfig()
-    train: TrainConfig = TrainConfig()
-    drift: DriftConfig = DriftConfig()
-    language: LanguageConfig | None = None
-    control: ControlConfig | None = None
+    After each probe: gap > budget multiplies beta by ``factor``; gap < budget / hysteresis divides it;
+    in between it stays; always within [beta_min, beta_max]. Needs ``drift.every`` > 0.
+    """
+
+    budget: float = Field(gt=0)
+    """Gap (nats) the run tolerates on its own samples."""
+    factor: float = Field(2.0, gt=1)
+    """Multiplier applied per adjustment."""
+    beta_min: float = Field(1e-3, gt=0)
+    beta_max: float = Field(1.0, gt=0)
+    hysteresis: float = Field(1.5, ge=1)
+    """Below budget / hysteresis the weight shrinks; between the two thresholds it stays."""
 
     @model_validator(mode="after")
-    def _consistent(self) -> RunConfig:
-        section = self.language if self.domain == "language" else self.control
-        if section is None:
-            raise ValueError(f"domain is {self.domain!r} but the `{self.domain}` section is missing")
-        if self.objective.name not in OBJECTIVES[self.domain]:
-            choices = ", ".join(sorted(OBJECTIVES[self.domain]))
-            raise ValueError(
-                f"objective.name = {self.objective.name!r} is not a {self.domain} objective; choose one of: {choices}"
-            )
-        if self.domain == "control":
-            problems = _control_problems(self)
-            if problems:
-                raise ValueError("\n  ".join(problems))
+    def _ordered(self) -> AdaptiveBetaConfig:
+        if self.beta_min > self.beta_max:
+            raise ValueError(f"adaptive_beta.beta_min = {self.beta_min} > adaptive_beta.beta_max = {self.beta_max}")
         return self
 
 
-def _control_problems(cfg: RunConfig) -> list[str]:
-    """Settings a control run would crash on or silently ignore, one message each."""
-    cc, obj, problems = cfg.control, cfg.objective, []
-    assert cc is not None
-    if cc.policy == "gaussian":
-        why = "the Gaussian baseline's log-likelihood is exact, so it has no ELBO"
-        if cfg.drift.every > 0:
-            problems.append(
-                f"drift.every = {cfg.drift.every} needs a flow policy, but control.policy = 'gaussian' ({why} "
-                "to drift from its likelihood); set drift.every=0"
-            )
-        if obj.dipod_beta > 0:
-            problems.append(
-                f"objective.dipod_beta = {obj.dipod_beta} has no effect with control.policy = 'gaussian' ({why} "
-                "term); set objective.dipod_beta=0"
-            )
-        if cc.self_distill_iterations > 0:
-            problems.append(
-                f"control.self_distill_iterations = {cc.self_distill_iterations} has no effect with "
-                "control.policy = 'gaussian' (self-distillation fits flow policies); set it to 0"
-            )
-    elif obj.name == "fpo_pp" and obj.clip_low != obj.clip_high:
-        problems.append(
-            f"objective.name = 'fpo_pp' has one clip parameter c = objective.clip_high = {obj.clip_high} and would "
-            f"ignore objective.clip_low = {obj.clip_low}; set both to the same value"
-        )
-    if cfg.train.bf16:
-        problems.append(
-            "train.bf16 = True has no effect on control runs: bf16 autocast applies to language models on CUDA; "
-            "set train.bf16=false"
-        )
-    return problems
+class RunConfigBase(Strict):
+    """What every run has, whatever its domain: seed, name, optimiser, schedule, drift monitor.
+
+    A domain's run config adds its section (``language`` or ``control``) and its ``objective``.
+    """
+
+    domain: str
+    seed: int = Field(0, ge=0)
+    name: str = "run"
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    drift: DriftConfig = DriftConfig()
+    adaptive_beta: AdaptiveBetaConfig | None = None
+    """Adapt ``objective.dipod_beta`` (its starting value) from the drift monitor's gap; None keeps it fixed."""
+
+    @model_validator(mode="after")
+    def _adaptive_needs_probe(self) -> RunConfigBase:
+        if self.adaptive_beta is not None and self.drift.every == 0:
+            raise ValueError("adaptive_beta needs the drift monitor: set drift.every > 0")
+        return self
 
 
-# --------------------------------------------------------------------------- loading
+# --------------------------------------------------------------------------- reading YAML
+
+
+@dataclass
+class ConfigSource:
+    """A config's merged data before validation, and where each dotted key was last set."""
+
+    data: dict[str, Any]
+    origin: str
+    """The file named on the command line (for messages)."""
+    lines: dict[str, str] = field(default_factory=dict)
+    """Dotted key -> where it was set: "line N" (the config itself), "BASE, line N" or "--set KEY=VALUE"."""
 
 
 def _yaml_lines(text: str) -> dict[str, int]:
@@ -179,6 +150,48 @@ def _yaml_lines(text: str) -> dict[str, int]:
     return lines
 
 
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override``'s keys set recursively (mappings merge, anything else replaces)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, _chain: tuple[Path, ...] = ()) -> ConfigSource:
+    """A YAML config merged over its ``base:`` chain, with ``--set`` overrides applied (not validated)."""
+    path = Path(path)
+    if not path.is_file():
+        where = f" (base of {_chain[-1]})" if _chain else ""
+        raise ConfigError(f"config file {path} does not exist{where}")
+    if path.resolve() in _chain:
+        raise ConfigError(f"config {path}: `base:` chain loops back to itself ({' -> '.join(map(str, _chain))})")
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text) or {}
+        lines = {key: f"line {n}" for key, n in _yaml_lines(text).items()}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid config {path}: expected a mapping at the top level, got {type(data).__name__}")
+    base_name = data.pop("base", None)
+    if base_name is not None:
+        if not isinstance(base_name, str):
+            raise ConfigError(f"config {path} ({lines.get('base', 'base')}): `base` must be a file path, got {base_name!r}")
+        base_path = path.parent / base_name
+        parent = read_config(base_path, _chain=(*_chain, path.resolve()))
+        data = merge(parent.data, data)
+        inherited = {k: f"{base_path}, {v}" if v.startswith("line ") else v for k, v in parent.lines.items()}
+        lines = {**inherited, **lines}
+    data = apply_overrides(data, list(overrides))
+    for item in overrides:
+        lines[".".join(parse_override(item)[0])] = f"--set {item}"
+    return ConfigSource(data, str(path), lines)
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``a.b=c`` -> (["a", "b"], YAML value of c)."""
     if "=" not in item:
@@ -196,8 +209,6 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """A copy of ``data`` with each ``a.b=c`` set, creating sections as needed."""
-    import copy
-
     data = copy.deepcopy(data)
     for item in overrides:
         parts, value = parse_override(item)
@@ -213,64 +224,92 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def _field_names(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
-    """Known keys of the section at ``path`` (for 'did you mean' hints)."""
+# --------------------------------------------------------------------------- validating
+
+
+def _section_models(model: type[BaseModel], path: tuple[Any, ...]) -> list[type[BaseModel]]:
+    """The pydantic models the section at ``path`` may be (several for a tagged union; none past a value)."""
+    models = [model]
     for part in path:
-        field = model.model_fields.get(str(part))
-        if field is None:
-            return []
-        candidates = [a for a in getattr(field.annotation, "__args__", (field.annotation,)) if isinstance(a, type)]
-        models = [c for c in candidates if issubclass(c, BaseModel)]
-        if not models:
-            return []
-        model = models[0]
-    return list(model.model_fields)
+        found = []
+        for m in models:
+            field_info = m.model_fields.get(str(part))
+            if field_info is None:
+                continue
+            annotation = field_info.annotation
+            candidates = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
+            found += [c for c in candidates if issubclass(c, BaseModel)]
+        models = found
+    return models
 
 
-def _describe(exc: ValidationError, source: str, lines: dict[str, int]) -> str:
+def _describe(exc: ValidationError, model: type[BaseModel], source: str, lines: dict[str, str]) -> str:
     messages = []
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        loc = _strip_tags(model, loc)
         dotted = ".".join(str(p) for p in loc)
-        where = f" (line {lines[dotted]})" if dotted in lines else ""
+        where = f" ({lines[dotted]})" if dotted in lines else ""
         if err["type"] == "extra_forbidden":
-            known = _field_names(RunConfig, loc[:-1])
+            known, tag = _known_keys(model, tuple(err["loc"][:-1]))
             hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
             suggestion = f"; did you mean `{'.'.join([*map(str, loc[:-1]), hint[0]])}`?" if hint else ""
+            if tag is not None and not hint:
+                suggestion = f": not a setting of {loc[0]} {tag!r} (its settings: {', '.join(known)})"
             messages.append(f"unknown key `{dotted}`{where}{suggestion}")
-        elif not loc:
-            messages.append(err["msg"].removeprefix("Value error, "))
+        elif not loc or err["type"] in ("value_error", "assertion_error") and isinstance(err.get("input"), dict):
+            prefix = f"`{dotted}`{where}: " if loc else ""
+            messages.append(prefix + err["msg"].removeprefix("Value error, "))
         else:
-            value = err.get("input")
-            messages.append(f"`{dotted}` = {value!r}{where}: {err['msg']}")
+            messages.append(f"`{dotted}` = {err.get('input')!r}{where}: {err['msg']}")
     return f"invalid config {source}:\n  " + "\n  ".join(messages)
 
 
-def validate_config(data: dict[str, Any], *, source: str = "<dict>", lines: dict[str, int] | None = None) -> RunConfig:
-    """Validate a plain dict into a RunConfig, or raise ConfigError listing every problem."""
+def _strip_tags(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``loc`` without the tags pydantic puts in for tagged unions: ``objective.fpo.clip_low`` -> ``objective.clip_low``.
+
+    A part is a tag where its section may be one of several models and it is not a key of any of them.
+    """
+    out: list[Any] = []
+    for i, part in enumerate(loc):
+        sections = _section_models(model, tuple(out))
+        tags = {s.model_fields["name"].default for s in sections if "name" in s.model_fields}
+        if len(sections) > 1 and part in tags and not any(part in s.model_fields for s in sections):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def _known_keys(model: type[BaseModel], raw_loc: tuple[Any, ...]) -> tuple[list[str], str | None]:
+    """Keys of the section at pydantic's ``raw_loc`` (tags included), and the tag that chose it, if any."""
+    models, tag = [model], None
+    for part in raw_loc:
+        children = []
+        for m in models:
+            field_info = m.model_fields.get(str(part))
+            if field_info is not None:
+                args = getattr(field_info.annotation, "__args__", (field_info.annotation,))
+                children += [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+        if children:
+            models = children
+            continue
+        chosen = [m for m in models if "name" in m.model_fields and m.model_fields["name"].default == part]
+        models, tag = chosen or models, part if chosen else tag
+    return sorted({key for m in models for key in m.model_fields}), tag
+
+
+def validate_as(
+    model: type[BaseModel], data: dict[str, Any], *, source: str = "<dict>", lines: dict[str, str] | None = None
+) -> Any:
+    """Validate a plain dict into ``model``, or raise ConfigError listing every problem."""
     if not isinstance(data, dict):
         raise ConfigError(f"invalid config {source}: expected a mapping at the top level, got {type(data).__name__}")
     try:
-        return RunConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source, lines or {})) from None
+        raise ConfigError(_describe(exc, model, source, lines or {})) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Read a YAML config, apply ``--set`` overrides and validate it."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    text = path.read_text()
-    try:
-        data = yaml.safe_load(text) or {}
-        lines = _yaml_lines(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-    data = apply_overrides(data, list(overrides))
-    return validate_config(data, source=str(path), lines=lines)
-
-
-def dump_config(cfg: RunConfig) -> str:
+def dump_config(cfg: BaseModel) -> str:
     """The resolved config as YAML (what a run directory's config.yaml holds)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

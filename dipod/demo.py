@@ -9,10 +9,7 @@ The configs live in ``dipod/configs/demo/``; a budget only overrides lengths and
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import ExitStack
 from dataclasses import dataclass
 from importlib import resources
@@ -20,7 +17,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from dipod.config import RunConfig, load_config
+from dipod.runs.config import RunConfig, load_config
+from dipod.runs.grid import GridRun, default_jobs, run_grid
 
 DIPOD_BETA = 0.05
 
@@ -83,27 +81,6 @@ def demo_configs(budget: str, domains: tuple[str, ...] = ("language", "control")
     return runs
 
 
-def _train_one(cfg: RunConfig, run_dir: Path, quiet: bool, threads: int | None) -> dict:
-    """One demo run (also the worker of the process pool); a run cut short earlier is resumed."""
-    import torch
-
-    from dipod import trainers
-    from dipod.runs import run_training
-
-    if threads is not None:
-        torch.set_num_threads(threads)
-    started = time.monotonic()
-    resume = run_dir.exists()
-    result = run_training(cfg, run_dir, trainer_factory=trainers.build_trainer, resume=resume, quiet=quiet)
-    return {"status": result.status, "final_reward": result.summary.get("final_reward"),
-            "wall_s": time.monotonic() - started}  # fmt: skip
-
-
-def default_jobs() -> int:
-    """Runs trained at once: one per CPU core, at most 2 (the demo's target machine)."""
-    return max(1, min(2, os.cpu_count() or 1))
-
-
 def run_demo(
     out: str | Path,
     *,
@@ -114,10 +91,8 @@ def run_demo(
 ) -> Path:
     """Train every demo run into OUT/runs/, write OUT/report/, and return the report folder.
 
-    With ``jobs`` > 1 the runs train in that many worker processes, one thread each (the runs are
-    independent and seeded, so the results do not depend on ``jobs``); with 1 they train here, one
-    after another, with a progress bar each. Runs already finished in OUT are kept and runs cut
-    short are resumed, so the demo can be re-run.
+    The runs go through ``run_grid`` (``jobs`` at a time); runs already finished in OUT are kept and runs
+    cut short are resumed, so the demo can be re-run.
     """
     from dipod.diagnostics.report import write_report
 
@@ -125,32 +100,22 @@ def run_demo(
     say = console.print if not quiet else (lambda *a, **k: None)
     out = Path(out)
     jobs = jobs or default_jobs()
-    runs = [(name, cfg, out / "runs" / name) for name, cfg in demo_configs(budget, domains)]
+    runs = [GridRun(name, cfg, out / "runs" / name) for name, cfg in demo_configs(budget, domains)]
     started = time.monotonic()
     say(
         f"dipod demo ({budget} budget): {len(runs)} runs, {jobs} at a time, into {out}/runs; report in {out}/report",
         markup=False,
     )
 
-    def done(i: int, name: str, info: dict) -> None:
+    def done(i: int, run: GridRun, info: dict) -> None:
         reward = info["final_reward"]
         reward_text = f"{reward:+.3f}" if isinstance(reward, float) else "-"
-        say(f"[{i}/{len(runs)}] {name}: {info['status']}, final reward {reward_text}, {info['wall_s']:.0f} s",
+        say(f"[{i}/{len(runs)}] {run.name}: {info['status']}, final reward {reward_text}, {info['wall_s']:.0f} s",
             markup=False)  # fmt: skip
 
-    if jobs == 1:
-        for i, (name, cfg, run_dir) in enumerate(runs, 1):
-            say(f"[{i}/{len(runs)}] {name} -> {run_dir}", markup=False)
-            done(i, name, _train_one(cfg, run_dir, quiet, None))
-    else:
-        context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            futures = {pool.submit(_train_one, cfg, run_dir, True, 1): name for name, cfg, run_dir in runs}
-            say(f"training: {', '.join(name for name, _, _ in runs)}", markup=False)
-            for i, future in enumerate(as_completed(futures), 1):
-                done(i, futures[future], future.result())
+    run_grid(runs, jobs=jobs, quiet=quiet, on_done=done)
     report_dir = out / "report"
-    write_report([run_dir for _, _, run_dir in runs], report_dir)
+    write_report([run.run_dir for run in runs], report_dir)
     if not quiet:
         console.print((report_dir / "report.md").read_text(), markup=False, soft_wrap=True)
     say(f"demo done in {time.monotonic() - started:.0f} s: {report_dir / 'report.md'}", markup=False)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-import dipod.trainers as trainer_module
+import dipod.runs.trainers as trainer_module
 from dipod.cli import app
 from tests.runs.cli_helpers import FAKE_CLI, ROOT, cli_env, dipod, kill_during_run, rows_without_time, wait_for_rows
 from tests.runs.fake_trainer import FakeTrainer
@@ -105,7 +105,7 @@ def test_in_process_paths(tmp_path, monkeypatch):
     again = in_process(monkeypatch, "train", cfg, "--out", run, "--quiet")
     assert again.exit_code == 2 and "--resume" in again.output
     result = in_process(monkeypatch, "train", cfg, "--resume", "--quiet")
-    assert result.exit_code == 2 and "--resume needs --out" in result.output
+    assert result.exit_code == 2 and "need --out" in result.output
     result = in_process(monkeypatch, "eval", run / "checkpoints" / "step_00000003.pt", "--out", tmp_path / "e.json")
     assert result.exit_code == 0 and json.loads((tmp_path / "e.json").read_text())["step"] == 3
     assert "eval/reward" in result.output
@@ -143,7 +143,7 @@ def test_sigkill_then_resume_is_bit_for_bit(tmp_path, monkeypatch):
     rng = random.Random(7)
     part = tmp_path / "part"
     for _ in range(2):  # killed twice, at random points inside a step
-        args = ["train", cfg, "--out", part, "--quiet", "--resume"]
+        args = ["train", cfg, "--out", part, "--quiet", "--auto-resume"]  # the first start has nothing to resume
         killed = kill_during_run(
             args, part, rng.randint(1, steps - 2), fake=True, extra_sleep=rng.random() * 0.05, FAKE_DELAY_S="0.03"
         )
@@ -186,7 +186,7 @@ def test_sft_tiny(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "sft finished" in result.stdout
     assert (out / "model.safetensors").is_file() and (out / "config.yaml").is_file()
-    assert len((out / "sft_history.jsonl").read_text().splitlines()) == 2
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2  # a run directory of the one loop
 
 
 def test_demo_small_then_eval(tmp_path):

@@ -2,7 +2,8 @@
 
 import pytest
 
-from dipod.config import ConfigError, RunConfig, apply_overrides, dump_config, load_config, validate_config
+from dipod.config import ConfigError, apply_overrides, dump_config
+from dipod.runs.config import RunConfig, load_config, validate_config
 
 GOOD = """\
 domain: language
@@ -81,12 +82,13 @@ def test_bad_overrides_and_files(tmp_path):
 
 def test_overrides_create_sections_and_parse_yaml_values():
     data = apply_overrides({"domain": "language"}, ["language.group_size=8", "optim.betas=[0.9, 0.95]", "name=x"])
-    cfg = RunConfig.model_validate(data)
+    cfg = validate_config(data)
     assert cfg.language.group_size == 8 and cfg.optim.betas == (0.9, 0.95) and cfg.name == "x"
 
 
 def _control(control=None, **top):
-    data = {"domain": "control", "objective": {"name": "fpo_pp"}, "control": control or {}}
+    name = "ppo" if (control or {}).get("policy") == "gaussian" else "fpo_pp"
+    data = {"domain": "control", "objective": {"name": name}, "control": control or {}}
     for key, value in top.items():
         data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
     return validate_config(data)
@@ -122,7 +124,9 @@ GAUSSIAN = {"policy": "gaussian"}
     ("control", "top", "pattern"),
     [
         (GAUSSIAN, {"objective": {"dipod_beta": 0.0}, "drift": {"every": 5}}, r"drift.every = 5 .*control.policy"),
-        (GAUSSIAN, {}, r"objective.dipod_beta = 0.05 has no effect with control.policy = 'gaussian'"),
+        (GAUSSIAN, {"objective": {"dipod_beta": 0.05}}, r"`objective.dipod_beta` = 0.05: .*less than or equal to 0"),
+        (GAUSSIAN, {"objective": {"name": "fpo_pp", "dipod_beta": 0.0}}, r"control.policy = 'gaussian' needs objective"),
+        ({}, {"objective": {"name": "ppo"}}, r"control.policy = 'flow' needs objective.name = fpo or fpo_pp"),
         (
             {**GAUSSIAN, "self_distill_iterations": 3},
             {"objective": {"dipod_beta": 0.0}},
@@ -139,7 +143,7 @@ def test_control_settings_that_would_crash_or_be_ignored_are_rejected(control, t
 
 
 def test_control_settings_that_are_used_pass():
-    _control(GAUSSIAN, objective={"dipod_beta": 0.0, "clip_low": 0.1, "clip_high": 0.3})  # PPO uses both clips
+    _control(GAUSSIAN, objective={"clip_low": 0.1, "clip_high": 0.3})  # PPO uses both clips
     _control({}, objective={"name": "fpo", "clip_low": 0.1, "clip_high": 0.3})  # so does FPO
     _control({}, objective={"clip_low": 0.01, "clip_high": 0.01}, drift={"every": 5})
     validate_config({"domain": "language", "language": {}, "train": {"bf16": True}})

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dipod.config import load_config
+from dipod.runs.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted([*ROOT.glob("configs/**/*.yaml"), *ROOT.glob("dipod/configs/**/*.yaml")])

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from dipod.config import RunConfigBase
+from dipod.objectives import check_objective_name, objective_params
+from dipod.objectives.ratio_ppo import FpoFlowParams
 
 Width = Annotated[int, Field(gt=0)]
 """A hidden layer's number of units."""
@@ -37,10 +41,9 @@ class ControlConfig(BaseModel):
     """gymnasium vectorisation: sub-envs in this process (sync) or one process each (async)."""
     reward_scale: float = Field(1.0, gt=0)
     """Rewards are multiplied by this before GAE (returns are logged unscaled)."""
-    bandit_modes: tuple[float, float] = (-0.7, 0.7)
-    """Bandit: the two reward peaks (action units)."""
-    bandit_width: float = Field(0.1, gt=0)
-    """Bandit: width (std) of each peak."""
+    env_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of the env's constructor: ``gymnasium.make(env, **env_kwargs)`` (e.g.
+    ``ctrl_cost_weight``), or a custom env's (bandit: ``modes`` [m1, m2], ``width``)."""
 
     # ------------------------------------------------------------------ policy
     policy: Literal["flow", "gaussian"] = "flow"
@@ -114,3 +117,70 @@ class ControlConfig(BaseModel):
         if problem is not None:
             raise ValueError(problem)
         return self
+
+
+ControlObjective = objective_params("control")
+"""The params model of a registered control objective, chosen by ``objective.name``."""
+
+
+class ControlRunConfig(RunConfigBase):
+    """A control run: a flow (or Gaussian) policy in gymnasium vector environments."""
+
+    domain: Literal["control"] = "control"
+    objective: ControlObjective = Field(default_factory=FpoFlowParams)  # type: ignore[valid-type]
+    """The policy-gradient method and its settings: fpo | fpo_pp for flow policies, ppo for the Gaussian one."""
+    control: ControlConfig
+    """Environment, policy, rollout and update settings."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_objective(cls, data: Any) -> Any:
+        """A missing ``objective.name`` is fpo for a flow policy and ppo for the Gaussian baseline."""
+        if not isinstance(data, dict):
+            return data
+        if data.get("control") is None:
+            raise ValueError("domain is 'control' but the `control` section is missing")
+        objective = data.get("objective", {})
+        if isinstance(objective, dict) and "name" not in objective:
+            policy = data.get("control", {}).get("policy", "flow") if isinstance(data.get("control"), dict) else "flow"
+            data = {**data, "objective": {"name": "ppo" if policy == "gaussian" else "fpo", **objective}}
+        if isinstance(data.get("objective"), dict):
+            check_objective_name("control", data["objective"]["name"])
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ControlRunConfig:
+        problems = _control_problems(self)
+        if problems:
+            raise ValueError("\n  ".join(problems))
+        return self
+
+
+def _control_problems(cfg: ControlRunConfig) -> list[str]:
+    """Settings a control run would crash on or silently ignore, one message each."""
+    cc, obj, problems = cfg.control, cfg.objective, []
+    exact = obj.name == "ppo"
+    if (cc.policy == "gaussian") != exact:
+        problems.append(
+            f"control.policy = {cc.policy!r} needs objective.name = "
+            f"{'ppo' if cc.policy == 'gaussian' else 'fpo or fpo_pp'}, got {obj.name!r} (a Gaussian policy has an "
+            "exact log-likelihood and is trained with PPO; a flow policy with an ELBO-ratio objective)"
+        )
+    if cc.policy == "gaussian":
+        why = "the Gaussian baseline's log-likelihood is exact, so it has no ELBO"
+        if cfg.drift.every > 0:
+            problems.append(
+                f"drift.every = {cfg.drift.every} needs a flow policy, but control.policy = 'gaussian' ({why} "
+                "to drift from its likelihood); set drift.every=0"
+            )
+        if cc.self_distill_iterations > 0:
+            problems.append(
+                f"control.self_distill_iterations = {cc.self_distill_iterations} has no effect with "
+                "control.policy = 'gaussian' (self-distillation fits flow policies); set it to 0"
+            )
+    if cfg.train.bf16:
+        problems.append(
+            "train.bf16 = True has no effect on control runs: bf16 autocast applies to language models on CUDA; "
+            "set train.bf16=false"
+        )
+    return problems

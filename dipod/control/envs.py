@@ -17,11 +17,14 @@ run inside the sub-env, so they work for sync and async vector envs alike. Stati
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
+
+from dipod.seeding import int_seeds
 
 # Members that never change after construction (or cannot be pickled cheaply); kept from the new env.
 _STATIC_KEYS = frozenset(
@@ -111,7 +114,7 @@ def check_env(name: str) -> None:
     Runs before the vector env is built, so a typo or a discrete-action env fails with one message
     instead of a traceback from a sub-env (or from a worker process of an async vector env).
     """
-    if name == "bandit":
+    if name in CUSTOM_ENVS:
         return
     try:
         env = gym.make(name)
@@ -127,22 +130,22 @@ def check_env(name: str) -> None:
             )
 
 
-def env_seeds(seed: int, num_envs: int, stream: int) -> list[int]:
-    """Reset seeds of ``num_envs`` sub-envs: independent for every (seed, stream) pair.
+def env_seeds(seed: int, num_envs: int, stream: str = "env") -> list[int]:
+    """Reset seeds of ``num_envs`` sub-envs from the run's named stream (``env`` training, ``eval_env`` evaluation).
 
     gymnasium's ``reset(seed=s)`` seeds sub-env i with s + i, so runs with neighbouring seeds would
-    share most sub-env streams; a SeedSequence keyed by (seed, stream) gives unrelated ones.
-    Streams: 0 training envs, 1 evaluation envs.
+    share most sub-env streams; seeds spawned from ``SeedSequence([seed, stream])`` are unrelated.
     """
-    return [int(s) for s in np.random.SeedSequence([seed, stream]).generate_state(num_envs)]
+    return int_seeds(seed, stream, num_envs)
+
+
+CUSTOM_ENVS: dict[str, Callable[..., gym.Env]] = {"bandit": MultimodalBandit}
+"""Envs dipod defines itself, by ``control.env`` name; any other name is a gymnasium id."""
 
 
 def make_env(name: str, index: int, **kwargs: Any) -> gym.Env:
-    """One sub-env, wrapped in ``Snapshot``. ``name`` is a gymnasium id or ``bandit``."""
-    if name == "bandit":
-        env: gym.Env = MultimodalBandit(modes=kwargs.get("modes", (-0.7, 0.7)), width=kwargs.get("width", 0.1))
-    else:
-        env = gym.make(name)
+    """One sub-env, wrapped in ``Snapshot``: a custom env built with ``kwargs``, or a gymnasium id."""
+    env = CUSTOM_ENVS[name](**kwargs) if name in CUSTOM_ENVS else gym.make(name, **kwargs)
     return Snapshot(env, index)
 
 

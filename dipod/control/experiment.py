@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dipod.config import RunConfig, load_config
+from dipod.runs.config import RunConfig, load_config
 
 
 def run_curve(cfg: RunConfig, env_steps: int, log_path: Path, *, eval_at_end: bool = True) -> dict:

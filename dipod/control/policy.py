@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Protocol
 
 import torch
 from torch import nn
 
-from dipod.bounds.flow import FlowDraws, cfm_loss, euler_loglik, euler_sample
+from dipod.bounds.flow import FlowDraws, cfm_loss, draw_flow_noise, euler_loglik, euler_sample
 
 ACTIVATIONS = {"elu": nn.ELU, "tanh": nn.Tanh, "relu": nn.ReLU, "silu": nn.SiLU}
 
@@ -94,6 +95,34 @@ class FlowPolicy(nn.Module):
             self.actor_scale
         )
 
+    def draw_noise(self, size: int, num_draws: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """The (tau, eps) draws stored with ``size`` transitions and reused by every update (common random numbers):
+        ``tau`` (B, N), ``eps`` (B, N, A)."""
+        draws = draw_flow_noise(size, num_draws, self.action_dim, generator=generator, device=generator.device)
+        return {"tau": draws.tau, "eps": draws.eps}
+
+    def score(self, obs: torch.Tensor, actions: torch.Tensor, noise: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, N) per-draw CFM losses on the stored noise: what the flow objectives compare."""
+        return self.cfm_losses(obs, actions, FlowDraws(noise["tau"], noise["eps"]))
+
+
+class Policy(Protocol):
+    """What the control trainer needs of an actor: a flow policy and the Gaussian baseline answer alike."""
+
+    action_dim: int
+
+    def sample(self, obs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """(B, A) actions in env units for observations (B, S)."""
+        ...
+
+    def draw_noise(self, size: int, num_draws: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Per-transition noise the scores need, stored with the rollout (empty when none)."""
+        ...
+
+    def score(self, obs: torch.Tensor, actions: torch.Tensor, noise: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What the objective compares between old and new policies: (B, N) CFM losses or (B,) log-probs."""
+        ...
+
 
 class GaussianPolicy(nn.Module):
     """Diagonal Gaussian with a state-independent log std: the PPO baseline with exact log-probabilities."""
@@ -124,6 +153,14 @@ class GaussianPolicy(nn.Module):
     def loglik(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """(B,) exact log-probability."""
         return self.distribution(obs).log_prob(actions).sum(-1)
+
+    def draw_noise(self, size: int, num_draws: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """No noise to store: the log-likelihood is exact."""
+        return {}
+
+    def score(self, obs: torch.Tensor, actions: torch.Tensor, noise: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B,) exact log-probabilities: what PPO compares."""
+        return self.loglik(obs, actions)
 
 
 class Critic(nn.Module):

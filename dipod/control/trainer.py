@@ -18,8 +18,7 @@ import numpy as np
 import torch
 
 from dipod.advantages import gae
-from dipod.bounds.flow import FlowDraws, draw_flow_noise
-from dipod.config import RunConfig
+from dipod.control.config import ControlRunConfig
 from dipod.control.envs import (
     check_env,
     env_seeds,
@@ -29,45 +28,37 @@ from dipod.control.envs import (
     snapshot_vector_env,
 )
 from dipod.control.normalizer import RunningNorm
-from dipod.control.policy import Critic, FlowPolicy, GaussianPolicy
+from dipod.control.policy import Critic, FlowPolicy, GaussianPolicy, Policy
+from dipod.control.probe import control_drift_probe
 from dipod.control.self_distill import self_distill
-from dipod.diagnostics.drift import control_drift_probe
-from dipod.objectives import dipod_term, get_objective, ratio_ppo_loss
+from dipod.objectives import dipod_term, get_objective
 from dipod.optim import clip_and_step, loss_is_finite
+from dipod.seeding import torch_generator
 from dipod.types import LossOut
 
 RETURN_WINDOW = 20
 """Finished episodes averaged into ``episode_return``."""
 
 
-def _generator(device: torch.device, seed: int) -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(seed)
-    return g
-
-
 class ControlTrainer:
     """Rollout, GAE and clipped-surrogate updates for a flow (or Gaussian) policy in gymnasium vector envs."""
 
-    def __init__(self, cfg: RunConfig, *, device: str | None = None) -> None:
-        if cfg.control is None:
-            raise ValueError("ControlTrainer needs a config with a `control` section")
+    def __init__(self, cfg: ControlRunConfig, *, device: str | None = None) -> None:
         self.cfg = cfg
         self.cc = cc = cfg.control
         self.device = torch.device(device or cfg.train.device)
         self.step = 0
         self.samples = 0
+        self.dipod_beta = cfg.objective.dipod_beta
         # Separate streams, so e.g. evaluation or the drift probe never shift the training noise.
-        self.gen_rollout = _generator(self.device, cfg.seed * 1000 + 1)  # action noise and (tau, eps) draws
-        self.gen_update = _generator(torch.device("cpu"), cfg.seed * 1000 + 2)  # minibatch permutations
-        self.gen_probe = _generator(self.device, cfg.seed * 1000 + 3)  # drift probe
-        init_gen = _generator(torch.device("cpu"), cfg.seed * 1000 + 4)  # weight init
+        self.gen_rollout = torch_generator(cfg.seed, "rollout", device=self.device)  # action noise, (tau, eps) draws
+        self.gen_update = torch_generator(cfg.seed, "update")  # minibatch permutations
+        self.gen_probe = torch_generator(cfg.seed, "probe", device=self.device)  # drift probe
+        init_gen = torch_generator(cfg.seed, "init")  # weight init
 
         check_env(cc.env)
-        env_kwargs = {"modes": cc.bandit_modes, "width": cc.bandit_width} if cc.env == "bandit" else {}
-        self.envs = make_vector_env(cc.env, cc.num_envs, mode=cc.vector_mode, **env_kwargs)
-        self._env_kwargs = env_kwargs
-        obs, _ = self.envs.reset(seed=env_seeds(cfg.seed, cc.num_envs, stream=0))
+        self.envs = make_vector_env(cc.env, cc.num_envs, mode=cc.vector_mode, **cc.env_kwargs)
+        obs, _ = self.envs.reset(seed=env_seeds(cfg.seed, cc.num_envs, "env"))
         self._obs = np.asarray(obs, dtype=np.float32)  # (E, S) current observations
         obs_space, act_space = self.envs.single_observation_space, self.envs.single_action_space
         self.obs_dim, self.action_dim = int(np.prod(obs_space.shape)), int(np.prod(act_space.shape))
@@ -75,8 +66,9 @@ class ControlTrainer:
         self.action_high = torch.as_tensor(act_space.high, dtype=torch.float32, device=self.device)
 
         self.normalizer = RunningNorm(self.obs_dim).to(self.device)
+        self.objective = get_objective("control", cfg.objective.name)
         if cc.policy == "flow":
-            self.actor: FlowPolicy | GaussianPolicy = FlowPolicy(
+            self.actor: Policy = FlowPolicy(
                 self.obs_dim,
                 self.action_dim,
                 hidden=cc.actor_hidden,
@@ -87,7 +79,6 @@ class ControlTrainer:
                 sampling_steps=cc.sampling_steps,
                 generator=init_gen,
             )
-            self.objective = get_objective("control", cfg.objective.name)
         else:
             self.actor = GaussianPolicy(
                 self.obs_dim,
@@ -97,7 +88,6 @@ class ControlTrainer:
                 init_log_std=cc.init_log_std,
                 generator=init_gen,
             )
-            self.objective = None
         self.actor.to(self.device)
         self.critic = Critic(self.obs_dim, hidden=cc.critic_hidden, activation=cc.activation, generator=init_gen)
         self.critic.to(self.device)
@@ -106,8 +96,9 @@ class ControlTrainer:
         self._ep_return = np.zeros(cc.num_envs)  # running undiscounted return of each env's episode
         self._ep_length = np.zeros(cc.num_envs, dtype=np.int64)
         self._finished: deque[tuple[float, int]] = deque(maxlen=RETURN_WINDOW)
-        self._self_distill_done = cc.policy != "flow" or cc.self_distill_iterations == 0
+        self._self_distill_done = cc.self_distill_iterations == 0  # the config allows it for flow policies only
         self._last_batch: dict[str, torch.Tensor] | None = None  # for the drift probe
+        self._noise_keys: tuple[str, ...] = ()  # what the actor's draw_noise stores per transition
         self.self_distill_time_s = 0.0
 
     # ------------------------------------------------------------------ construction helpers
@@ -196,7 +187,6 @@ class ControlTrainer:
     def _run_self_distill(self) -> dict[str, float]:
         cc = self.cc
         start = time.perf_counter()
-        assert isinstance(self.actor, FlowPolicy)
         stats = self_distill(
             self.actor,
             self._collect_teacher,
@@ -278,6 +268,7 @@ class ControlTrainer:
         metrics.update(
             reward_mean=float(roll["raw_rewards"].mean()),
             skipped_updates=float(skipped),
+            updates=float(len(perms) * cc.num_minibatches),
             ratio_first=ratio_first,
             value_mean=float(roll["values"].mean()),
         )
@@ -293,21 +284,16 @@ class ControlTrainer:
         forward pass repeats them bit for bit and rho == 1 exactly before the first update.
         """
         size = batch["obs"].shape[0]
-        if isinstance(self.actor, FlowPolicy):
-            draws = draw_flow_noise(
-                size, self.cc.cfm_draws, self.action_dim, generator=self.gen_rollout, device=self.device
-            )
-            batch["tau"], batch["eps"] = draws.tau, draws.eps  # (B, N), (B, N, A)
+        noise = self.actor.draw_noise(size, self.cc.cfm_draws, self.gen_rollout)  # flow: tau (B, N), eps (B, N, A)
+        batch.update(noise)
+        self._noise_keys = tuple(noise)
         old = torch.empty(0)
         with torch.no_grad():
             for start in range(0, size, mb_size):
                 rows = perm[start : start + mb_size]
-                if isinstance(self.actor, FlowPolicy):
-                    score = self.actor.cfm_losses(
-                        batch["obs"][rows], batch["actions"][rows], FlowDraws(batch["tau"][rows], batch["eps"][rows])
-                    )  # (mb, N)
-                else:
-                    score = self.actor.loglik(batch["obs"][rows], batch["actions"][rows])  # (mb,)
+                score = self.actor.score(
+                    batch["obs"][rows], batch["actions"][rows], {k: batch[k][rows] for k in noise}
+                )  # (mb, N) CFM losses or (mb,) log-probs
                 if old.numel() == 0:
                     old = torch.empty((size, *score.shape[1:]), device=self.device)
                 old[rows] = score
@@ -322,15 +308,10 @@ class ControlTrainer:
     def _losses(self, mb: dict[str, torch.Tensor]) -> tuple[LossOut, torch.Tensor]:
         """Policy objective (+ DiPOD term) and value loss on one minibatch."""
         adv = self._normalize_adv(mb["adv"]) if self.cc.adv_norm == "minibatch" else mb["adv"]
-        obj = self.cfg.objective
-        if isinstance(self.actor, FlowPolicy):
-            cfm_new = self.actor.cfm_losses(mb["obs"], mb["actions"], FlowDraws(mb["tau"], mb["eps"]))  # (mb, N)
-            out = self.objective.fn(cfm_new, mb["old"], adv, obj)
-            if obj.dipod_beta > 0:
-                out = out + dipod_term(out.elbo, obj.dipod_beta)
-        else:
-            loglik = self.actor.loglik(mb["obs"], mb["actions"])  # exact: the baseline is PPO itself
-            out = ratio_ppo_loss(loglik, mb["old"], adv, clip_low=obj.clip_low, clip_high=obj.clip_high)
+        new = self.actor.score(mb["obs"], mb["actions"], {k: mb[k] for k in self._noise_keys})
+        out = self.objective.fn(new, mb["old"], adv, self.cfg.objective)
+        if self.dipod_beta > 0:  # the config allows it only for objectives with an ELBO (out.elbo)
+            out = out + dipod_term(out.elbo, self.dipod_beta)
         value_loss = 0.5 * (self.critic(mb["obs"]) - mb["returns"]).pow(2).mean()
         return out, value_loss
 
@@ -339,9 +320,9 @@ class ControlTrainer:
     def evaluate(self) -> dict[str, float]:
         """Mean return of ``eval_episodes`` fresh episodes (separate envs and noise; training state untouched)."""
         cc = self.cc
-        envs = make_vector_env(cc.env, cc.eval_episodes, mode="sync", **self._env_kwargs)
-        gen = _generator(self.device, self.cfg.seed * 1000 + 5)
-        obs, _ = envs.reset(seed=env_seeds(self.cfg.seed, cc.eval_episodes, stream=1))
+        envs = make_vector_env(cc.env, cc.eval_episodes, mode="sync", **cc.env_kwargs)
+        gen = torch_generator(self.cfg.seed, "eval", device=self.device)
+        obs, _ = envs.reset(seed=env_seeds(self.cfg.seed, cc.eval_episodes, "eval_env"))
         returns = np.zeros(cc.eval_episodes)
         lengths = np.zeros(cc.eval_episodes)
         active = np.ones(cc.eval_episodes, dtype=bool)
@@ -364,8 +345,6 @@ class ControlTrainer:
         policy, with their normalised advantages); the metrics come from ``control_drift_probe``, in
         the flow's scaled action units.
         """
-        if not isinstance(self.actor, FlowPolicy):
-            raise ValueError("drift_probe needs a flow policy (the Gaussian baseline's likelihood is exact)")
         if self._last_batch is None:
             # A rollout here would advance the envs, generators and normaliser, i.e. change training.
             raise RuntimeError("drift_probe needs a rollout: call train_step first")
@@ -375,11 +354,7 @@ class ControlTrainer:
         rows = rows.to(self.device)
         obs, actions = b["obs"][rows], b["actions"][rows]
         adv = self._normalize_adv(b["adv"][rows])
-        draws = draw_flow_noise(size, self.cc.cfm_draws, self.action_dim, generator=self.gen_probe, device=self.device)
-        return control_drift_probe(
-            self.actor.velocity, self.actor.parameters(), obs, actions / self.actor.actor_scale, adv, draws,
-            self.cfg.objective, sampling_steps=self.actor.sampling_steps,
-        )  # fmt: skip
+        return control_drift_probe(self.actor, obs, actions, adv, self.cfg.objective, self.cc.cfm_draws, self.gen_probe)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -405,7 +380,6 @@ class ControlTrainer:
             "finished": list(self._finished),
             "self_distill_done": self._self_distill_done,
             "last_batch": None if self._last_batch is None else {k: v.clone() for k, v in self._last_batch.items()},
-            "config": self.cfg.model_dump(mode="json"),
         }
 
     def load_state_dict(self, state: dict, *, restore_envs: bool = True) -> None:
@@ -433,6 +407,10 @@ class ControlTrainer:
         self._self_distill_done = bool(state["self_distill_done"])
         last = state.get("last_batch")
         self._last_batch = None if last is None else {k: v.to(self.device) for k, v in last.items()}
+
+    def set_dipod_beta(self, beta: float) -> None:
+        """DiPOD's weight for the following updates (the run loop's adaptive beta)."""
+        self.dipod_beta = beta
 
     def close(self) -> None:
         """Close the vector env (async envs hold worker processes)."""

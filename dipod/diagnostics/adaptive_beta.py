@@ -9,31 +9,8 @@ the budget (below budget / 1.5) the weight is given back to the policy gradient.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class AdaptiveBetaConfig:
-    """Settings of the adaptive rule."""
-
-    budget: float
-    """Gap (nats) the run tolerates on its own samples."""
-    factor: float = 2.0
-    """Multiplier applied per adjustment (> 1)."""
-    beta_min: float = 1e-3
-    beta_max: float = 1.0
-    hysteresis: float = 1.5
-    """Below budget / hysteresis the weight shrinks; between the two thresholds it stays."""
-
-    def __post_init__(self) -> None:
-        if not self.budget > 0:
-            raise ValueError(f"budget must be > 0, got {self.budget}")
-        if not self.factor > 1:
-            raise ValueError(f"factor must be > 1, got {self.factor}")
-        if not 0 < self.beta_min <= self.beta_max:
-            raise ValueError(f"need 0 < beta_min <= beta_max, got {self.beta_min}, {self.beta_max}")
-        if not self.hysteresis >= 1:
-            raise ValueError(f"hysteresis must be >= 1, got {self.hysteresis}")
+from dipod.config import AdaptiveBetaConfig
 
 
 def adapt_beta(beta: float, measured_gap: float, cfg: AdaptiveBetaConfig) -> float:
@@ -48,3 +25,6 @@ def adapt_beta(beta: float, measured_gap: float, cfg: AdaptiveBetaConfig) -> flo
         elif measured_gap < cfg.budget / cfg.hysteresis:
             beta = beta / cfg.factor
     return min(max(beta, cfg.beta_min), cfg.beta_max)
+
+
+__all__ = ["AdaptiveBetaConfig", "adapt_beta"]

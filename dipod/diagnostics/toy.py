@@ -33,7 +33,7 @@ import torch
 from dipod.advantages import group_advantages
 from dipod.bounds.masked import MaskDraws, elbo_from_logprobs, exact_loglik, masked_token_logprobs
 from dipod.diagnostics.drift import grad_cosine, true_pg_loss
-from dipod.objectives import MaskedScores, dipod_term, get_objective
+from dipod.objectives import MaskedScores, dipod_term, get_objective, make_params
 
 LENGTH = 2
 
@@ -193,16 +193,8 @@ class ToyConfig:
     """Overrides of the objective settings (clip_low, clip_high, mix_weight, eubo_beta)."""
 
 
-@dataclass
-class _ObjectiveSettings:
-    """The fields the registered objectives read (ObjectiveConfig's, with the toy's defaults)."""
-
-    name: str
-    elbo_scale: str = "sum"
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    mix_weight: float = 0.5
-    eubo_beta: float = 1.0
+TOY_DEFAULTS: dict[str, dict[str, Any]] = {"spg": {"eubo_beta": 1.0}}
+"""The toy's settings where they differ from an objective's defaults (SPG's EUBO power: 1 on two tokens)."""
 
 
 def dipod_weights(objective: str, valid: torch.Tensor) -> torch.Tensor | None:
@@ -220,7 +212,7 @@ def train_toy(cfg: ToyConfig, *, beta_fn: Any = None) -> list[dict[str, float]]:
     params = list(model.parameters())
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
     objective = get_objective("language", cfg.objective)
-    settings = _ObjectiveSettings(cfg.objective, **cfg.objective_kw)
+    settings = make_params("language", cfg.objective, **{**TOY_DEFAULTS.get(cfg.objective, {}), **cfg.objective_kw})
     rewards = reward_table(cfg.vocab, cfg.reward)
     beta = cfg.beta
     rows = []

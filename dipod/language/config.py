@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import string
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from dipod.config import RunConfigBase
+from dipod.objectives import check_objective_name, objective_params
+from dipod.objectives.ratio_ppo import FpoParams
 
 DEFAULT_CHARSET = string.digits + string.ascii_letters + string.punctuation + " \n"
 """Characters of the built-in tokenizer: printable ASCII, enough for Sudoku, Countdown and short prompts."""
@@ -201,3 +205,28 @@ class LanguageConfig(BaseModel):
                 if getattr(self.data, key) is None:
                     raise ValueError(f"language.data.{key} must be set: task {self.task!r} has no generator")
         return self
+
+
+LanguageObjective = objective_params("language")
+"""The params model of a registered language objective, chosen by ``objective.name``."""
+
+
+class LanguageRunConfig(RunConfigBase):
+    """A language run: a masked diffusion LM trained on a task with a verifiable reward."""
+
+    domain: Literal["language"] = "language"
+    objective: LanguageObjective = Field(default_factory=FpoParams)  # type: ignore[valid-type]
+    """The policy-gradient method and its settings (``name`` picks the params model)."""
+    language: LanguageConfig
+    """Model, task, sampler and rollout settings."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_objective(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("language") is None:
+            raise ValueError("domain is 'language' but the `language` section is missing")
+        if isinstance(data, dict) and isinstance(data.get("objective"), dict):
+            if "name" not in data["objective"]:
+                data = {**data, "objective": {"name": "fpo", **data["objective"]}}
+            check_objective_name("language", data["objective"]["name"])
+        return data

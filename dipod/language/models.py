@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
+from torch import nn
 
 from dipod.language.config import ModelConfig
 from dipod.language.lora import apply_lora
@@ -121,3 +122,18 @@ def _check_ids(model: MaskedDiffusionLM, tokenizer: Tokenizer, where: Path) -> N
             raise ValueError(
                 f"{where}: model {name} = {getattr(model, name)} but tokenizer {name} = {getattr(tokenizer, name)}"
             )
+
+
+def max_positions(model: nn.Module) -> int | None:
+    """How many positions (prompt + completion) ``model`` can take, where its config says; None if unknown.
+
+    The tiny model's ``max_seq_len``; an HF model's ``max_position_embeddings`` (models with rotary
+    positions may run past it with degraded quality; dipod treats it as the limit). LoRA wrappers are seen through.
+    """
+    for holder in (model, getattr(model, "net", None)):  # the tiny model, or the HF adapter's transformers model
+        config = getattr(holder, "config", None)
+        for name in ("max_seq_len", "max_position_embeddings", "n_positions"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+    return None

@@ -6,31 +6,27 @@ masked), score the masked tokens in one forward pass (``masked_token_logprobs``)
 sampler's ``gen_length`` and every position is trained, as LLaDA's SFT does, so the model learns
 where to stop. The result is a base policy that RL then improves.
 
-Reproduce the shipped tiny Sudoku base (``dipod/assets/checkpoints/sudoku_tiny``)::
+``SFTTrainer`` is a Trainer (``dipod.types.Trainer``): ``dipod sft`` runs it through the one run loop, with
+checkpoints and resume. Reproduce the shipped tiny Sudoku base (``dipod/assets/checkpoints/sudoku_tiny``)::
 
-    python -m dipod.language.sft configs/language/sudoku_sft.yaml --out dipod/assets/checkpoints/sudoku_tiny
+    dipod sft configs/language/sudoku_sft.yaml --out dipod/assets/checkpoints/sudoku_tiny
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from dipod.bounds.masked import draw_masks, elbo_from_logprobs, masked_token_logprobs
-from dipod.config import RunConfig, load_config
+from dipod.language.config import LanguageRunConfig
 from dipod.language.models import build_model, build_tokenizer
 from dipod.language.rollout import ExampleSource, encode_prompts, encode_targets, evaluate_policy, resolve_path
 from dipod.language.tasks import Task, get_task
 from dipod.optim import clip_and_step, loss_is_finite
+from dipod.seeding import numpy_rng, torch_generator
 
 
 def sft_tensors(
@@ -96,112 +92,109 @@ def merge_adapters(model: nn.Module) -> nn.Module:
 
 
 def _lr_factor(step: int, warmup: int) -> float:
-    """Linear warmup to the configured learning rate, then constant."""
+    """Linear warm-up over ``warmup`` steps, then constant."""
     return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
 
 
-def train_sft(
-    cfg: RunConfig,
-    *,
-    out_dir: str | Path | None = None,
-    device: str | None = None,
-    log: Callable[[dict[str, float]], None] | None = None,
-) -> tuple[Any, Any, list[dict[str, float]]]:
-    """Train a base policy on the task's reference completions; returns (model, tokenizer, history).
+def sft_run_config(cfg: LanguageRunConfig) -> LanguageRunConfig:
+    """``cfg`` with the run loop's schedule taken from its ``language.sft`` section (steps, evaluation) and no
+    drift probe: what ``dipod sft`` trains."""
+    sft = cfg.language.sft
+    train = cfg.train.model_copy(update={"steps": sft.steps, "eval_every": sft.eval_every})
+    return cfg.model_copy(update={"train": train, "drift": cfg.drift.model_copy(update={"every": 0})})
 
-    History rows have ``step``, ``loss`` (-ELBO per token), ``grad_norm`` and, at evaluation steps,
-    ``eval/*`` greedy-decoding metrics. With ``out_dir`` the model and tokenizer are saved there.
-    LoRA adapters (``finetune: lora``) are merged into the base weights at the end
-    (``merge_adapters``), so the returned and saved model is a plain model that loads by path.
 
-    Dropout draws from torch's global RNG; training runs inside ``torch.random.fork_rng`` seeded with
-    ``cfg.seed``, so a run is reproducible from its config and the caller's RNG state is untouched.
+class SFTTrainer:
+    """Supervised pre-training as a Trainer: one ``train_step`` is one gradient step on a fresh batch.
+
+    Dropout draws from torch's global RNG, which the run loop seeds from ``cfg.seed`` and keeps in every
+    checkpoint, so a run is reproducible from its config and resumes bit for bit.
     """
-    lang = cfg.language
-    if lang is None:
-        raise ValueError("SFT needs a language config (domain: language)")
-    device = device or cfg.train.device
-    task = get_task(lang.task)
-    fmt = lang.data.prompt_format
-    source = ExampleSource(task, lang.data)
-    model_cfg = lang.model.model_copy(update={"path": resolve_path(lang.model.path)})
-    tokenizer = build_tokenizer(model_cfg)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    model = build_model(model_cfg, tokenizer=tokenizer, generator=generator).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lang.sft.lr, betas=cfg.optim.betas, weight_decay=lang.sft.weight_decay)
-    rng = np.random.default_rng(cfg.seed)
-    mask_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    history: list[dict[str, float]] = []
-    start = time.perf_counter()
-    rng_devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
-    with torch.random.fork_rng(devices=rng_devices):
-        torch.manual_seed(cfg.seed)  # dropout's stream: seeded, and local to this run
-        for step in range(lang.sft.steps):
-            model.train()
-            for group in optimizer.param_groups:
-                group["lr"] = lang.sft.lr * _lr_factor(step, lang.sft.warmup_steps)
-            batch = sft_tensors(
-                tokenizer,
-                task,
-                source.draw(lang.sft.batch_size, rng),
-                fmt,
-                lang.sampler.gen_length,
-                device,
-                chat=lang.data.chat_template,
-            )
-            loss = masked_diffusion_loss(model, *batch, num_draws=lang.sft.elbo_draws, generator=mask_gen)
-            row: dict[str, float] = {
-                "step": step + 1,
-                "loss": float(loss.detach()),
-                "time_s": time.perf_counter() - start,
-            }
-            if loss_is_finite(loss):
-                loss.backward()
-                _, row["grad_norm"] = clip_and_step(optimizer, params, cfg.optim.max_grad_norm)
-            else:
-                optimizer.zero_grad(set_to_none=True)
-            last = step + 1 == lang.sft.steps
-            if last or (lang.sft.eval_every and (step + 1) % lang.sft.eval_every == 0):
-                model.eval()
-                row.update(
-                    evaluate_policy(
-                        model, tokenizer, task, source.eval_examples, lang.sampler, fmt,
-                        batch_size=lang.eval_batch_size, device=device, chat=lang.data.chat_template,
-                    )
-                )  # fmt: skip
-            history.append(row)
-            if log is not None:
-                log(row)
-    model.eval()
-    merge_adapters(model)
-    if out_dir is not None:
-        out = Path(out_dir)
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-        (out / "sft_history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
-    return model, tokenizer, history
 
+    def __init__(self, cfg: LanguageRunConfig, *, device: str | None = None) -> None:
+        lang = cfg.language
+        self.cfg = cfg
+        self.device = torch.device(device or cfg.train.device)
+        self.task = get_task(lang.task)
+        self.source = ExampleSource(self.task, lang.data)
+        model_cfg = lang.model.model_copy(update={"path": resolve_path(lang.model.path)})
+        self.tokenizer = build_tokenizer(model_cfg)
+        self.model = build_model(model_cfg, tokenizer=self.tokenizer, generator=torch_generator(cfg.seed, "init"))
+        self.model.to(self.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=lang.sft.lr, betas=cfg.optim.betas, weight_decay=lang.sft.weight_decay
+        )
+        self.rng = numpy_rng(cfg.seed, "prompts")
+        self.mask_generator = torch_generator(cfg.seed, "rollout", device=self.device)
+        self.step = 0
+        self.samples = 0
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m dipod.language.sft CONFIG.yaml --out DIR [--set key=value ...]``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("config")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    def train_step(self) -> dict[str, float]:
+        """One step of -ELBO per token on ``sft.batch_size`` fresh (prompt, target) pairs."""
+        lang = self.cfg.language
+        self.model.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lang.sft.lr * _lr_factor(self.step, lang.sft.warmup_steps)
+        batch = sft_tensors(
+            self.tokenizer, self.task, self.source.draw(lang.sft.batch_size, self.rng), lang.data.prompt_format,
+            lang.sampler.gen_length, self.device, chat=lang.data.chat_template,
+        )  # fmt: skip
+        loss = masked_diffusion_loss(self.model, *batch, num_draws=lang.sft.elbo_draws, generator=self.mask_generator)
+        metrics = {"loss": float(loss.detach()), "updates": 1.0, "skipped_updates": 1.0}
+        if loss_is_finite(loss):
+            loss.backward()
+            applied, metrics["grad_norm"] = clip_and_step(self.optimizer, self.params, self.cfg.optim.max_grad_norm)
+            metrics["skipped_updates"] = float(not applied)
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+        self.model.eval()
+        self.step += 1
+        self.samples += lang.sft.batch_size
+        return metrics
 
-    def log(row: dict[str, float]) -> None:
-        if row["step"] % 50 == 0 or any(k.startswith("eval/") for k in row):
-            print(
-                json.dumps(
-                    {k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v) for k, v in row.items()}
-                )
-            )
+    def evaluate(self) -> dict[str, float]:
+        """Greedy decoding on the fixed evaluation set: eval/accuracy, eval/reward, eval/effective_tokens, eval/nfe."""
+        lang = self.cfg.language
+        return evaluate_policy(
+            self.model, self.tokenizer, self.task, self.source.eval_examples, lang.sampler, lang.data.prompt_format,
+            batch_size=lang.eval_batch_size, device=self.device, chat=lang.data.chat_template,
+        )  # fmt: skip
 
-    train_sft(cfg, out_dir=args.out, log=log)
+    def drift_probe(self) -> dict[str, float]:
+        """SFT fits reference completions, not its own samples: there is no policy gradient to probe."""
+        raise ValueError("supervised pre-training has no drift probe (drift.every must be 0)")
 
+    def set_dipod_beta(self, beta: float) -> None:
+        """SFT has no DiPOD term."""
+        raise ValueError("supervised pre-training has no DiPOD term (adaptive_beta must be unset)")
 
-if __name__ == "__main__":
-    main()
+    def export(self, out_dir: str | Path) -> nn.Module:
+        """Merge LoRA adapters into the weights (in place: call it once training is over) and save the plain model
+        and its tokenizer where ``dipod train`` loads them."""
+        model = merge_adapters(self.model)
+        model.save_pretrained(out_dir)
+        self.tokenizer.save_pretrained(out_dir)
+        return model
+
+    def state_dict(self) -> dict:
+        """Weights, optimiser, random streams and counters."""
+        return {
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "rng": self.rng.bit_generator.state,
+            "mask_generator": self.mask_generator.get_state(),
+            "step": self.step,
+            "samples": self.samples,
+        }
+
+    def load_state_dict(self, state: dict, *, restore_envs: bool = True) -> None:
+        """Restore ``state_dict()`` (``restore_envs`` is the Trainer protocol's; SFT has no environments)."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.bit_generator.state = state["rng"]
+        self.mask_generator.set_state(state["mask_generator"])
+        self.step, self.samples = state["step"], state["samples"]
+
+    def close(self) -> None:
+        """Nothing held open."""

@@ -46,18 +46,14 @@ import numpy as np
 import torch
 
 from dipod.advantages import group_advantages
-from dipod.bounds.masked import (
-    MaskDraws,
-    draw_block_random_masks,
-    draw_masks,
-    draw_one_step_masks,
-    elbo_from_logprobs,
-    masked_token_logprobs,
-)
-from dipod.config import RunConfig, dump_config
+from dipod.bounds.masked import MaskDraws, draw_masks, elbo_from_logprobs, masked_token_logprobs
+from dipod.language.config import LanguageRunConfig
+from dipod.language.draws import draw_noise
 from dipod.language.lora import frozen_copy, has_adapters, reference_mode
-from dipod.language.models import build_model, build_tokenizer
+from dipod.language.models import build_model, build_tokenizer, max_positions
+from dipod.language.probe import language_drift_probe
 from dipod.language.rollout import (
+    Decoded,
     ExampleSource,
     common_padding,
     concat_decoded,
@@ -68,10 +64,26 @@ from dipod.language.rollout import (
 )
 from dipod.language.tasks import get_task
 from dipod.objectives import MaskedScores, dipod_term, elbo_difference_penalty, get_objective, k3_kl
+from dipod.objectives.params import reference_weight
 from dipod.optim import clip_and_step, loss_is_finite
+from dipod.seeding import numpy_rng, torch_generator
 from dipod.types import LossOut
 
-STAT_KEYS = ("loss", "pg_loss", "dipod_reg", "elbo_mean", "ratio_mean", "clip_frac", "approx_kl", "kl_ref")
+
+@dataclass
+class Samples:
+    """G completions for each of some prompts, scored by the task: what a rollout and a probe both start from."""
+
+    prompt_ids: torch.Tensor
+    """(B, P) long, left-padded."""
+    prompt_attn: torch.Tensor
+    """(B, P) bool."""
+    decoded: Decoded
+    """Completions (B, L), their valid masks, rewards, accuracy and NFE."""
+    rewards: torch.Tensor
+    """(B,) float."""
+    adv: torch.Tensor
+    """(B,) group-relative advantages."""
 
 
 @dataclass
@@ -122,15 +134,13 @@ class RolloutBatch:
 class LanguageTrainer:
     """RL post-training of a masked diffusion LM on a task with a verifiable reward (the Trainer protocol)."""
 
-    def __init__(self, cfg: RunConfig, *, device: str | None = None) -> None:
+    def __init__(self, cfg: LanguageRunConfig, *, device: str | None = None) -> None:
         from accelerate import Accelerator
 
-        if cfg.domain != "language" or cfg.language is None:
-            raise ValueError("LanguageTrainer needs a config with domain: language and a language section")
         self.cfg = cfg
         lang = cfg.language
         self.objective = get_objective("language", cfg.objective.name)
-        _check_combination(cfg)
+        self.dipod_beta = cfg.objective.dipod_beta
         device = device or cfg.train.device
         self.accelerator = Accelerator(cpu=torch.device(device).type == "cpu")
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
@@ -143,81 +153,102 @@ class LanguageTrainer:
         self.source = ExampleSource(self.task, lang.data)
         model_cfg = lang.model.model_copy(update={"path": resolve_path(lang.model.path)})
         self.tokenizer = build_tokenizer(model_cfg)
-        self.model = build_model(model_cfg, tokenizer=self.tokenizer, generator=torch.Generator().manual_seed(cfg.seed))
+        self.model = build_model(model_cfg, tokenizer=self.tokenizer, generator=torch_generator(cfg.seed, "init"))
+        self._check_fits()
         self.model.to(self.device).eval()  # no dropout: old and new scores must agree before the first update
         self.reference = None
-        if cfg.objective.kl_beta > 0 and not has_adapters(self.model):
+        self.kl_beta = reference_weight(cfg.objective)
+        if self.kl_beta > 0 and not has_adapters(self.model):
             self.reference = frozen_copy(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
         self.train_model = self.accelerator.prepare_model(self.model) if self.world > 1 else self.model
-        self.np_rng = np.random.default_rng(cfg.seed)  # prompt draws: identical on every process
-        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 7919 * (self.rank + 1))
+        self.np_rng = numpy_rng(cfg.seed, "prompts")  # prompt draws: identical on every process
+        self.generator = torch_generator(cfg.seed, "rollout", self.rank, self.device)
         # The drift probe has its own streams, so training draws are the same whether or not it runs.
-        self.probe_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 104729 * (self.rank + 1))
-        self.probe_rng = np.random.default_rng(cfg.seed + 1)
+        self.probe_generator = torch_generator(cfg.seed, "probe", self.rank, self.device)
+        self.probe_rng = numpy_rng(cfg.seed, "probe_prompts")
         self.step = 0
         self.samples = 0
-        self.bad_steps = 0
+
+    def _check_fits(self) -> None:
+        """Settings that would fail at the first step, rejected now: a chat template the tokenizer lacks, and
+        prompts + completions longer than the model's positions (checked on the evaluation prompts)."""
+        lang = self.cfg.language
+        if lang.data.chat_template and not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(
+                f"language.data.chat_template is true but the tokenizer of {lang.model.path or lang.model.kind!r} "
+                "has no chat template; set language.data.chat_template=false"
+            )
+        limit = max_positions(self.model)
+        if limit is None:
+            return
+        texts = [self.task.prompt(ex, lang.data.prompt_format) for ex in self.source.eval_examples]
+        prompt_ids, _ = encode_prompts(self.tokenizer, texts, "cpu", chat=lang.data.chat_template)
+        need = prompt_ids.shape[1] + lang.sampler.gen_length
+        if need > limit:
+            raise ValueError(
+                f"prompts of up to {prompt_ids.shape[1]} tokens (the evaluation set's longest) + "
+                f"language.sampler.gen_length = {lang.sampler.gen_length} = {need} positions, but the model has "
+                f"{limit}; shorten gen_length or the prompts, or use a model with more positions"
+            )
 
     # ------------------------------------------------------------------ rollout
 
-    def rollout(self) -> tuple[RolloutBatch, dict[str, float]]:
-        """Sample this process's completions, score them and store the draws and old scores."""
+    def sample_groups(self, examples: list, generator: torch.Generator) -> Samples:
+        """G completions for each of ``examples`` from the current policy, scored, with group advantages.
+
+        Decoded in the micro-batches the updates use (bounded memory, less padding). Rollouts and the
+        drift probe both sample here, each with its own generator.
+        """
         lang = self.cfg.language
         fmt, group = lang.data.prompt_format, lang.group_size
-        examples = self.source.draw(lang.prompts_per_step, self.np_rng)  # global prompts, same on all processes
-        per_rank = lang.prompts_per_step // self.world
-        examples = examples[self.rank * per_rank : (self.rank + 1) * per_rank]
         rows = [ex for ex in examples for _ in range(group)]  # G contiguous copies per prompt
         texts = [self.task.prompt(ex, fmt) for ex in rows]
         prompt_ids, prompt_attn = encode_prompts(self.tokenizer, texts, self.device, chat=lang.data.chat_template)
-        with self._autocast():  # decoded in the micro-batches the updates use: bounded memory, less padding
+        with self._autocast():
             out = concat_decoded([
                 decode_and_score(
                     self.model, self.tokenizer, self.task, rows[mb], prompt_ids[mb], prompt_attn[mb], lang.sampler,
-                    fmt, self.generator, score_eos=lang.score_eos,
+                    fmt, generator, score_eos=lang.score_eos,
                 )
                 for mb in self._micro_batches(len(rows))
             ])  # fmt: skip
         rewards = torch.as_tensor(out.rewards, dtype=torch.float32, device=self.device)  # (B,)
+        adv = group_advantages(rewards, group, normalize_std=lang.normalize_advantages)
+        return Samples(prompt_ids, prompt_attn, out, rewards, adv)
+
+    def rollout(self) -> tuple[RolloutBatch, dict[str, float]]:
+        """Sample this process's completions, score them and store the draws and old scores."""
+        lang = self.cfg.language
+        examples = self.source.draw(lang.prompts_per_step, self.np_rng)  # global prompts, same on all processes
+        per_rank = lang.prompts_per_step // self.world
+        s = self.sample_groups(examples[self.rank * per_rank : (self.rank + 1) * per_rank], self.generator)
+        valid = s.decoded.valid
         batch = RolloutBatch(
-            prompt_ids=prompt_ids,
-            prompt_attn=prompt_attn,
-            completion_ids=out.completion_ids,
-            valid=out.valid,
-            adv=group_advantages(rewards, group, normalize_std=lang.normalize_advantages),
-            draws=self._draw(out.valid, prompt_attn),
+            prompt_ids=s.prompt_ids,
+            prompt_attn=s.prompt_attn,
+            completion_ids=s.decoded.completion_ids,
+            valid=valid,
+            adv=s.adv,
+            draws=self._draw(valid, s.prompt_attn),
         )
-        if self.objective.draws == "one_step" and self.cfg.objective.dipod_beta > 0:
-            batch.elbo_draws = draw_masks(out.valid, lang.elbo_draws, generator=self.generator, scheme=lang.elbo_scheme)
+        if self.objective.draws == "one_step" and self.dipod_beta > 0:
+            batch.elbo_draws = draw_masks(valid, lang.elbo_draws, generator=self.generator, scheme=lang.elbo_scheme)
         self._score_old(batch)
         metrics = {
-            "reward_mean": float(rewards.mean()),
-            "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
-            "accuracy": float(out.accuracy.mean()),
-            "effective_tokens": float(out.valid.sum(-1).float().mean()),
-            "nfe": float(out.nfe),
+            "reward_mean": float(s.rewards.mean()),
+            "reward_std": float(s.rewards.std()) if s.rewards.numel() > 1 else 0.0,
+            "accuracy": float(s.decoded.accuracy.mean()),
+            "effective_tokens": float(valid.sum(-1).float().mean()),
+            "nfe": float(s.decoded.nfe),
         }
         return batch, metrics
 
-    def _draw(self, valid: torch.Tensor, prompt_attn: torch.Tensor) -> MaskDraws:
-        """The noise ``self.objective`` scores with, drawn once per rollout and stored."""
-        lang = self.cfg.language
-        if self.objective.draws == "elbo":
-            return draw_masks(valid, lang.elbo_draws, generator=self.generator, scheme=lang.elbo_scheme)
-        if self.objective.draws == "block_random":
-            return draw_block_random_masks(
-                valid, lang.elbo_draws, generator=self.generator, block_length=lang.spg_block_length,
-                prompt_valid=prompt_attn, prompt_mask_prob=lang.prompt_mask_prob,
-            )  # fmt: skip
-        if self.objective.draws == "one_step":
-            return draw_one_step_masks(
-                valid, lang.elbo_draws, generator=self.generator,
-                prompt_valid=prompt_attn, prompt_mask_prob=lang.prompt_mask_prob,
-            )  # fmt: skip
-        raise ValueError(f"objective {self.objective.name!r} needs {self.objective.draws!r} draws, not a language kind")
+    def _draw(self, valid: torch.Tensor, prompt_attn: torch.Tensor, generator: torch.Generator | None = None) -> MaskDraws:
+        """The noise ``self.objective`` scores with (``draw_noise``), from the rollout's stream unless given another."""
+        return draw_noise(self.objective.draws, valid, prompt_attn, self.cfg.language, generator=generator or self.generator)
 
     def _micro_batches(self, size: int) -> Iterator[slice]:
         step = self.cfg.language.micro_batch_size or size
@@ -246,7 +277,7 @@ class LanguageTrainer:
             mb = batch.rows(rows)
             if self.objective.uses_old:
                 old.append(self.token_logprobs(self.train_model, mb, mb.draws))
-            if self.cfg.objective.kl_beta > 0:
+            if self.kl_beta > 0:
                 with reference_mode(self.model, frozen=self.reference) as ref_model:
                     ref.append(self.token_logprobs(ref_model, mb, mb.draws))
         batch.old_logp = torch.cat(old) if old else None
@@ -257,25 +288,25 @@ class LanguageTrainer:
     def _loss(self, mb: RolloutBatch) -> LossOut:
         """Objective + DiPOD term + reference term for one micro-batch (one forward pass, two for
         diffu-GRPO with DiPOD)."""
-        ocfg = self.cfg.objective
+        ocfg, beta = self.cfg.objective, self.dipod_beta
         new = MaskedScores(self.token_logprobs(self.train_model, mb, mb.draws), mb.draws, mb.valid)
         old = MaskedScores(mb.old_logp, mb.draws, mb.valid) if mb.old_logp is not None else None
         out = self.objective.fn(new, old, mb.adv, ocfg)
         elbo = out.elbo
         if elbo is None and mb.elbo_draws is not None:  # diffu-GRPO + DiPOD: the documented extra forward pass
             logp = self.token_logprobs(self.train_model, mb, mb.elbo_draws)
-            scale = "mean" if self.objective.mean_over == "tokens" else ocfg.elbo_scale  # weighted by length below
+            scale = "mean" if self.objective.mean_over == "tokens" else "sum"  # weighted by length below
             elbo = elbo_from_logprobs(logp, mb.elbo_draws, mb.valid, scale=scale)
             out.stats["elbo_mean"] = elbo.detach().mean()
-        if ocfg.dipod_beta > 0:  # a per-token ELBO weighted by length for per-token objectives: a token mean
+        if beta > 0:  # a per-token ELBO weighted by length for per-token objectives: a token mean
             weights = mb.valid.sum(-1) if self.objective.mean_over == "tokens" else None
-            out = out + dipod_term(elbo, ocfg.dipod_beta, weights=weights)
-        if ocfg.kl_beta > 0:
+            out = out + dipod_term(elbo, beta, weights=weights)
+        if self.kl_beta > 0:
             if ocfg.kl_type == "k3":
-                out = out + k3_kl(new.token_logp.mean(1), mb.ref_logp.mean(1), mb.valid, ocfg.kl_beta)
+                out = out + k3_kl(new.token_logp.mean(1), mb.ref_logp.mean(1), mb.valid, self.kl_beta)
             else:
                 ref_elbo = elbo_from_logprobs(mb.ref_logp, mb.draws, mb.valid, scale=ocfg.elbo_scale)
-                out = out + elbo_difference_penalty(elbo, ref_elbo, ocfg.kl_beta)
+                out = out + elbo_difference_penalty(elbo, ref_elbo, self.kl_beta)
         return out
 
     def _row_weights(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -348,8 +379,6 @@ class LanguageTrainer:
         metrics = self._reduce(metrics)
         self.step += 1
         self.samples += self.cfg.language.prompts_per_step * self.cfg.language.group_size
-        # Consecutive steps without a finite update; the run loop stops at train.max_bad_steps.
-        self.bad_steps = self.bad_steps + 1 if metrics["skipped_updates"] >= metrics["updates"] else 0
         return metrics
 
     def _reduce(self, metrics: dict[str, float]) -> dict[str, float]:
@@ -372,11 +401,32 @@ class LanguageTrainer:
             )  # fmt: skip
 
     def drift_probe(self) -> dict[str, float]:
-        """Double-drift metrics on fresh completions (drift/elbo, drift/loglik, drift/gap, drift/grad_cosine)."""
-        from dipod.diagnostics.drift import language_trainer_drift_probe
+        """Double-drift metrics (``language_drift_probe``) on fresh completions of the current policy.
 
+        ``ceil(drift.probe_size / G)`` prompts with G completions each, sampled, scored and given advantages by
+        the rollout's own code (``sample_groups``) and masked by its own draw dispatch, but from the probe's
+        random streams: the training trajectory is the same whether or not the monitor runs.
+        """
+        group = self.cfg.language.group_size
+        examples = self.source.draw(math.ceil(self.cfg.drift.probe_size / group), self.probe_rng)
+        s = self.sample_groups(examples, self.probe_generator)
+        valid = s.decoded.valid
+        attention = torch.cat([s.prompt_attn, torch.ones_like(valid)], dim=1)  # (B, P + L)
         with self._autocast():
-            return language_trainer_drift_probe(self, self.probe_generator, self.probe_rng)
+            metrics = language_drift_probe(
+                self.model, self.params, s.prompt_ids, s.decoded.completion_ids, valid, s.adv, self.cfg.objective,
+                self._draw(valid, s.prompt_attn, self.probe_generator), mask_id=self.tokenizer.mask_token_id,
+                num_orders=self.cfg.drift.num_orders, generator=self.probe_generator, attention_mask=attention,
+            )  # fmt: skip
+        metrics["drift/reward_mean"] = float(s.rewards.mean())
+        return metrics
+
+    def set_dipod_beta(self, beta: float) -> None:
+        """DiPOD's weight for the following updates (the run loop's adaptive beta)."""
+        self.dipod_beta = beta
+
+    def close(self) -> None:
+        """Nothing held open."""
 
     def state_dict(self) -> dict:
         """Everything needed to continue bit for bit: trainable weights, optimiser, generators, counters."""
@@ -390,8 +440,6 @@ class LanguageTrainer:
             "probe_rng": self.probe_rng.bit_generator.state,
             "step": self.step,
             "samples": self.samples,
-            "bad_steps": self.bad_steps,
-            "config": dump_config(self.cfg),
         }
         if self.world > 1:  # each process samples from its own streams: keep them all (a collective call)
             from accelerate.utils import gather_object
@@ -401,8 +449,9 @@ class LanguageTrainer:
             state["reference"] = self.reference.state_dict()
         return state
 
-    def load_state_dict(self, state: dict) -> None:
-        """Restore a ``state_dict()``; the trainer must have been built from the same config."""
+    def load_state_dict(self, state: dict, *, restore_envs: bool = True) -> None:
+        """Restore a ``state_dict()``; the trainer must have been built from the same config (``restore_envs``:
+        the Trainer protocol's switch for control; a language trainer has no environments)."""
         missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
         trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
         if unexpected or trainable & set(missing):
@@ -420,20 +469,9 @@ class LanguageTrainer:
         self.np_rng.bit_generator.state = state["np_rng"]
         self.probe_generator.set_state(generators[self.rank][1])
         self.probe_rng.bit_generator.state = state["probe_rng"]
-        self.step, self.samples, self.bad_steps = state["step"], state["samples"], state["bad_steps"]
+        self.step, self.samples = state["step"], state["samples"]
         if self.reference is not None and "reference" in state:
             self.reference.load_state_dict(state["reference"])
-
-
-def _check_combination(cfg: RunConfig) -> None:
-    """Objective settings this trainer cannot honour, rejected before any work."""
-    o = cfg.objective
-    if o.name == "spg" and o.kl_beta > 0:
-        raise ValueError("objective.kl_beta must be 0 for spg (SPG has no reference term)")
-    if o.kl_beta > 0 and o.kl_type == "k3" and o.name != "diffu_grpo":
-        raise ValueError("objective.kl_type 'k3' needs per-token one-step scores: use it with diffu_grpo")
-    if o.kl_beta > 0 and o.kl_type == "elbo_difference" and o.name == "diffu_grpo":
-        raise ValueError("diffu_grpo scores one-step token log-probs, not an ELBO: use objective.kl_type 'k3'")
 
 
 __all__ = ["LanguageTrainer", "RolloutBatch"]

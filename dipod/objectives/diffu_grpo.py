@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
+from dipod.objectives.params import ClipParams, ReferenceParams
 from dipod.types import LossOut
+
+
+class DiffuGrpoParams(ClipParams, ReferenceParams):
+    """diffu-GRPO settings; its reference term is d1's k3 KL on the one-step token log-probs."""
+
+    name: Literal["diffu_grpo"] = "diffu_grpo"
+    kl_type: Literal["k3"] = "k3"
+    """k3 KL on per-token log-probs (d1); one-step scores carry no ELBO for the release's ELBO difference."""
 
 
 def diffu_grpo_loss(

@@ -5,10 +5,33 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from pydantic import Field, model_validator
 
+from dipod.objectives.params import ClipParams
 from dipod.types import LossOut
 
 TrustRegion = Literal["aspo", "ppo"]
+
+
+class FpoPPParams(ClipParams):
+    """FPO++ settings. Its one clip parameter c is ``clip_high``; ``clip_low`` must equal it."""
+
+    name: Literal["fpo_pp"] = "fpo_pp"
+    log_ratio_max: float = Field(3.0, gt=0)
+    """Straight-through clamp on the per-draw log ratio."""
+    neg_adv_cfm_clamp: float | None = Field(20.0, gt=0)
+    """Clamp on the current CFM loss for negative advantages (None disables)."""
+    trust_region: TrustRegion = "aspo"
+    """ASPO (PPO clip for A > 0, SPO for A < 0) or plain PPO clipping."""
+
+    @model_validator(mode="after")
+    def _one_clip(self) -> FpoPPParams:
+        if self.clip_low != self.clip_high:
+            raise ValueError(
+                f"objective.name = 'fpo_pp' has one clip parameter c = objective.clip_high = {self.clip_high} and "
+                f"would ignore objective.clip_low = {self.clip_low}; set both to the same value"
+            )
+        return self
 
 
 def straight_through_clamp_max(x: torch.Tensor, max_value: float) -> torch.Tensor:

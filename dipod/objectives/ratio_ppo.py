@@ -2,9 +2,37 @@
 
 from __future__ import annotations
 
-import torch
+from typing import Literal
 
+import torch
+from pydantic import Field
+
+from dipod.objectives.params import ClipParams, ReferenceParams
 from dipod.types import LossOut
+
+
+class FpoParams(ClipParams, ReferenceParams):
+    """FPO on a masked diffusion LM's ELBO (language)."""
+
+    name: Literal["fpo"] = "fpo"
+    elbo_scale: Literal["sum", "mean"] = "sum"
+    """ELBO scale: sequence sum (d1 and the release's FPO) or per-token mean."""
+    kl_type: Literal["elbo_difference"] = "elbo_difference"
+    """The release's reference term: kl_beta * mean(ELBO_theta - ELBO_ref), linear in the ELBO."""
+
+
+class FpoFlowParams(ClipParams):
+    """FPO on a flow policy's CFM ELBO (control)."""
+
+    name: Literal["fpo"] = "fpo"
+
+
+class PpoParams(ClipParams):
+    """PPO on exact log-likelihoods: the Gaussian baseline of control, which has no ELBO to regularise."""
+
+    name: Literal["ppo"] = "ppo"
+    dipod_beta: float = Field(0.0, ge=0, le=0)
+    """Always 0: an exact log-likelihood has no bound for DiPOD to keep tight."""
 
 
 def ratio_ppo_loss(

@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 
 from dipod.bounds.masked import mixture_bound
+from dipod.objectives.params import ObjectiveParams
 from dipod.types import LossOut
+
+
+class SpgParams(ObjectiveParams):
+    """SPG settings. SPG has no ratio, no clipping and no reference term."""
+
+    name: Literal["spg"] = "spg"
+    elbo_scale: Literal["mean"] = "mean"
+    """SPG scores per-token bounds (fixed; the key is accepted so configs can say so)."""
+    mix_weight: float = Field(0.5, ge=0, le=1)
+    """Weight of the EUBO in the negative-advantage mixture (1 = pure EUBO)."""
+    eubo_beta: float = Field(1.5, gt=0)
+    """Renyi power beta_E of the EUBO proxy."""
 
 
 def spg_loss(

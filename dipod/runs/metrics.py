@@ -101,3 +101,58 @@ class NullSink:
 
     def close(self) -> None:
         pass
+
+
+class WandbSink:
+    """Scalars into a Weights & Biases run in ``DIR/wandb``: offline unless ``WANDB_MODE`` says otherwise, so
+    nothing leaves the machine by default (``wandb sync DIR/wandb/offline-run-*`` uploads later)."""
+
+    def __init__(self, run_dir: Path, *, name: str, config: dict[str, Any], resume: bool) -> None:
+        try:
+            import wandb
+        except ImportError:
+            raise ImportError("train.report_to includes 'wandb' but wandb is not installed: pip install wandb") from None
+        self._run = wandb.init(
+            dir=str(run_dir),
+            name=name,
+            id=_wandb_id(run_dir),
+            resume="allow" if resume else None,
+            config=config,
+            mode=os.environ.get("WANDB_MODE", "offline"),
+        )
+
+    def write(self, row: dict[str, Any]) -> None:
+        scalars = {k: v for k, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool) and k != "step"}
+        self._run.log({k if "/" in k else f"train/{k}": v for k, v in scalars.items()}, step=int(row["step"]))
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self._run.finish()
+
+
+def _wandb_id(run_dir: Path) -> str:
+    """A stable run id from the run directory, so a resumed run appends to the same W&B run."""
+    import hashlib
+
+    return hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
+
+
+class Sinks:
+    """Every sink a run writes rows to besides metrics.jsonl (``train.report_to``), as one."""
+
+    def __init__(self, sinks: list[Any]) -> None:
+        self._sinks = sinks
+
+    def write(self, row: dict[str, Any]) -> None:
+        for sink in self._sinks:
+            sink.write(row)
+
+    def flush(self) -> None:
+        for sink in self._sinks:
+            sink.flush()
+
+    def close(self) -> None:
+        for sink in self._sinks:
+            sink.close()

@@ -92,8 +92,8 @@ def test_check_env_names_the_key_the_value_and_why(name, pattern):
 
 
 def test_env_seeds_are_disjoint_across_seeds_and_streams_and_repeat_for_the_same_seed():
-    lists = {(seed, stream): env_seeds(seed, 16, stream) for seed in range(3) for stream in range(2)}
-    assert env_seeds(1, 16, 0) == lists[1, 0]
+    lists = {(seed, stream): env_seeds(seed, 16, stream) for seed in range(3) for stream in ("env", "eval_env")}
+    assert env_seeds(1, 16, "env") == lists[1, "env"]
     assert all(len(set(seeds)) == 16 for seeds in lists.values())
     everything = [s for seeds in lists.values() for s in seeds]
     assert len(set(everything)) == len(everything)  # no sub-env stream shared between runs or with eval

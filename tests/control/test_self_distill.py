@@ -43,7 +43,7 @@ def test_self_distillation_lowers_cfm_loss_on_teacher_samples():
 
 
 def test_trainer_runs_self_distillation_once_then_resets_the_optimiser():
-    from dipod.config import validate_config
+    from dipod.runs.config import validate_config
     from dipod.control.trainer import ControlTrainer
 
     cfg = validate_config(

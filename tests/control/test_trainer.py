@@ -1,5 +1,6 @@
 """ControlTrainer: common random numbers, stored draws, end to end, determinism, bit-for-bit resume."""
 
+import dataclasses
 import io
 import math
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 import dipod.control.trainer as trainer_module
-from dipod.config import validate_config
+from dipod.runs.config import validate_config
 from dipod.control.envs import env_seeds, make_vector_env
 from dipod.control.experiment import run_curve
 from dipod.control.trainer import ControlTrainer
@@ -38,7 +39,7 @@ def _cfg(**control):
     [
         ("flow", {"name": "fpo_pp", "dipod_beta": 0.05}),
         ("flow", {"name": "fpo", "dipod_beta": 0.0}),
-        ("gaussian", {"name": "fpo", "dipod_beta": 0.0}),
+        ("gaussian", {"name": "ppo"}),
     ],
 )
 def test_ratio_is_one_before_the_first_update(policy, objective):
@@ -64,7 +65,7 @@ def test_stored_draws_and_old_losses_are_reused_in_every_epoch():
         return original_fn(cfm_new, cfm_old, adv, cfg)
 
     trainer.actor.cfm_losses = spy_cfm
-    trainer.objective = type(trainer.objective)(trainer.objective.name, "control", spy_fn, "flow")
+    trainer.objective = dataclasses.replace(trainer.objective, fn=spy_fn)
     trainer.train_step()
     mbs = 2
     # First the old losses (one call per minibatch), then epochs x minibatches update calls.
@@ -120,7 +121,7 @@ def test_same_seed_gives_identical_metrics():
         {"vector_mode": "async", "num_envs": 2},
         {},
         {"self_distill_iterations": 2, "self_distill_batch_size": 32},
-        {"policy": "gaussian", "objective": {"name": "fpo", "dipod_beta": 0.0}},
+        {"policy": "gaussian", "objective": {"name": "ppo"}},
     ],
 )
 def test_resume_from_state_dict_is_bit_for_bit(extra):
@@ -197,7 +198,7 @@ def test_envs_are_seeded_from_a_seed_sequence_of_the_run_seed(monkeypatch):
     trainer = ControlTrainer(_cfg(eval_episodes=2))
     trainer.evaluate()
     trainer.close()
-    assert resets == [env_seeds(3, NUM_ENVS, stream=0), env_seeds(3, 2, stream=1)]
+    assert resets == [env_seeds(3, NUM_ENVS, "env"), env_seeds(3, 2, "eval_env")]
     fresh = make_vector_env("Pendulum-v1", NUM_ENVS)
     np.testing.assert_array_equal(trainer._obs, fresh.reset(seed=resets[0])[0].astype(np.float32))
     fresh.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dipod.config import RunConfig
+from dipod.runs.config import RunConfig
 from tests.language.language_helpers import tiny_config
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from dipod.config import RunConfig, validate_config
+from dipod.runs.config import RunConfig, validate_config
 
 TINY: dict[str, Any] = {
     "domain": "language",
@@ -39,5 +39,14 @@ def merge(base: dict, overrides: dict) -> dict:
 
 
 def tiny_config(**sections: Any) -> RunConfig:
-    """The tiny Sudoku config with nested overrides, e.g. tiny_config(objective={"name": "spg"})."""
-    return validate_config(merge(TINY, sections))
+    """The tiny Sudoku config with nested overrides, e.g. tiny_config(objective={"name": "spg"}).
+
+    Another objective starts from DiPOD's weight alone (plus the clips where it has them): each objective
+    accepts only its own settings.
+    """
+    base = TINY
+    name = sections.get("objective", {}).get("name", "fpo")
+    if name != "fpo":
+        clips = {"clip_low": 0.5, "clip_high": 0.5} if name == "diffu_grpo" else {}
+        base = {**TINY, "objective": {"name": name, "dipod_beta": 0.05, **clips}}
+    return validate_config(merge(base, sections))

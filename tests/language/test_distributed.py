@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from dipod.config import validate_config
+from dipod.runs.config import validate_config
 from dipod.language.trainer import LanguageTrainer, RolloutBatch
 from dipod.runs import run_training
 from dipod.runs.checkpoint import list_checkpoints, load_checkpoint

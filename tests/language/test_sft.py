@@ -10,7 +10,8 @@ import torch
 
 from dipod.language.lora import has_adapters, reference_mode
 from dipod.language.models import build_model, build_tokenizer
-from dipod.language.sft import masked_diffusion_loss, merge_adapters, sft_tensors, train_sft
+from dipod.language.sft import masked_diffusion_loss, merge_adapters, sft_tensors
+from dipod.runs.sft import train_sft
 from dipod.language.tasks import get_task
 from tests.language.language_helpers import tiny_config
 
@@ -66,7 +67,7 @@ def test_sft_lowers_the_loss_and_saves(tmp_path):
 
 def test_shipped_sudoku_base_loads_and_is_moderately_good():
     """The shipped base solves some but not all blanks (room for RL); greedy decoding on 32 puzzles."""
-    from dipod.config import load_config
+    from dipod.runs.config import load_config
     from dipod.language.trainer import LanguageTrainer
 
     root = Path(__file__).resolve().parents[2]

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from dipod.bounds.masked import draw_masks
-from dipod.config import ConfigError, load_config
+from dipod.config import ConfigError
+from dipod.runs.config import load_config
 from dipod.language.rollout import common_padding, encode_prompts
 from dipod.language.trainer import LanguageTrainer, RolloutBatch
 from tests.language.language_helpers import tiny_config
@@ -195,12 +196,14 @@ def test_evaluate_is_greedy_and_repeatable(tiny_cfg):
 
 
 def test_invalid_combinations_fail_before_work():
-    with pytest.raises(ValueError, match="kl_beta must be 0 for spg"):
-        LanguageTrainer(tiny_config(objective={"name": "spg", "kl_beta": 0.1}))
-    with pytest.raises(ValueError, match="kl_type 'k3'"):
-        LanguageTrainer(tiny_config(objective={"name": "diffu_grpo", "kl_beta": 0.1}))
-    with pytest.raises(ValueError, match="use it with diffu_grpo"):
-        LanguageTrainer(tiny_config(objective={"name": "fpo", "kl_beta": 0.1, "kl_type": "k3"}))
+    # Each objective accepts only its own settings: SPG has no reference term, FPO's is the ELBO difference,
+    # diffu-GRPO's the k3 KL.
+    with pytest.raises(ValueError, match=r"unknown key `objective.kl_beta`"):
+        tiny_config(objective={"name": "spg", "kl_beta": 0.1})
+    with pytest.raises(ValueError, match=r"`objective.kl_type` = 'elbo_difference'.*'k3'"):
+        tiny_config(objective={"name": "diffu_grpo", "kl_beta": 0.1, "kl_type": "elbo_difference"})
+    with pytest.raises(ValueError, match=r"`objective.kl_type` = 'k3'.*'elbo_difference'"):
+        tiny_config(objective={"name": "fpo", "kl_beta": 0.1, "kl_type": "k3"})
 
 
 CONFIGS = sorted((ROOT / "configs" / "language").glob("*.yaml"))
@@ -313,27 +316,20 @@ def test_drift_probe_reports_and_leaves_training_unchanged(tiny_cfg):
     assert same(plain.train_step(), probed.train_step())
 
 
-@pytest.mark.parametrize("normalize", [False, True])
-def test_drift_probe_prompts_and_advantages_are_the_trainers(monkeypatch, normalize):
-    import dipod.advantages
-    import dipod.language.rollout
+def test_drift_probe_samples_through_the_rollout_code_with_its_own_streams(monkeypatch):
+    trainer = LanguageTrainer(tiny_config(drift={"probe_size": 4}))
+    calls = []
+    real = trainer.sample_groups
 
-    seen = {}
-    encode, advantages = dipod.language.rollout.encode_prompts, dipod.advantages.group_advantages
+    def spy(examples, generator):
+        calls.append((len(examples), generator))
+        return real(examples, generator)
 
-    def spy_encode(*args, **kwargs):
-        seen["chat"] = kwargs.get("chat")
-        return encode(*args, **kwargs)
-
-    def spy_advantages(*args, **kwargs):
-        seen["std"] = kwargs.get("normalize_std")
-        return advantages(*args, **kwargs)
-
-    monkeypatch.setattr(dipod.language.rollout, "encode_prompts", spy_encode)
-    monkeypatch.setattr(dipod.advantages, "group_advantages", spy_advantages)
-    trainer = LanguageTrainer(tiny_config(language={"normalize_advantages": normalize}, drift={"probe_size": 4}))
+    monkeypatch.setattr(trainer, "sample_groups", spy)
     trainer.drift_probe()
-    assert seen == {"chat": trainer.cfg.language.data.chat_template, "std": normalize}
+    assert calls == [(1, trainer.probe_generator)]  # ceil(4 / G=4) prompts, the probe's generator
+    trainer.train_step()
+    assert calls[-1] == (trainer.cfg.language.prompts_per_step, trainer.generator)
 
 
 def test_chat_template_wraps_prompts_and_is_required(tiny_cfg):

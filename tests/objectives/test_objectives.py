@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dipod.bounds.masked import draw_masks, masked_token_logprobs
-from dipod.config import ObjectiveConfig
+from dipod.objectives import make_params
 from dipod.objectives import (
     MaskedScores,
     diffu_grpo_loss,
@@ -144,7 +144,7 @@ def _language_batch(seed=0):
 @pytest.mark.parametrize("name", ["fpo", "spg"])
 def test_common_random_numbers_give_ratio_one_and_the_elbo_policy_gradient(name):
     net, prompt, completion, valid, draws = _language_batch()
-    cfg = ObjectiveConfig(name=name, elbo_scale="sum")
+    cfg = make_params("language", name)
     with torch.no_grad():
         old = MaskedScores(masked_token_logprobs(net, prompt, completion, draws, mask_id=3), draws, valid)
     new = MaskedScores(masked_token_logprobs(net, prompt, completion, draws, mask_id=3), draws, valid)
@@ -162,7 +162,7 @@ def test_dipod_adds_no_forward_pass():
     net, prompt, completion, valid, draws = _language_batch()
     calls = []
     net.register_forward_hook(lambda *_: calls.append(1))
-    cfg = ObjectiveConfig(name="fpo")
+    cfg = make_params("language", "fpo")
     with torch.no_grad():
         old = MaskedScores(masked_token_logprobs(net, prompt, completion, draws, mask_id=3), draws, valid)
     counts = []
@@ -188,7 +188,7 @@ def test_dipod_gradient_is_beta_times_elbo_gradient():
 def test_control_fpo_is_the_averaged_ratio():
     cfm_old = torch.tensor([[1.0, 2.0]])
     cfm_new = torch.tensor([[0.8, 1.6]])
-    cfg = ObjectiveConfig(name="fpo", clip_high=10.0, clip_low=0.5)
+    cfg = make_params("language", "fpo", clip_high=10.0, clip_low=0.5)
     out = get_objective("control", "fpo").fn(cfm_new, cfm_old, torch.ones(1), cfg)
     assert out.stats["ratio_mean"].item() == pytest.approx(math.exp(0.3))  # exp(mean(l_old - l_new))
 

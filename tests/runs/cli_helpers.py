@@ -30,7 +30,7 @@ def dipod(*args: object, fake: bool = True, **env: str) -> subprocess.CompletedP
 
 def rows_without_time(run_dir: Path) -> list[dict]:
     lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "time_s"} for line in lines]
+    return [{k: v for k, v in json.loads(line).items() if k not in ("time_s", "drift/seconds")} for line in lines]
 
 
 def wait_for_rows(path: Path, count: int, proc: subprocess.Popen, timeout: float = 120) -> bool:

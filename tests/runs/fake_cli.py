@@ -8,7 +8,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-import dipod.trainers
+import dipod.runs.trainers
 from tests.runs.fake_trainer import FakeTrainer
 
 
@@ -19,7 +19,7 @@ def _build(cfg, device=None):
     )
 
 
-dipod.trainers.build_trainer = _build
+dipod.runs.trainers.build_trainer = _build
 
 if __name__ == "__main__":
     from dipod.cli import main

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from dipod.config import RunConfig, validate_config
+from dipod.runs.config import RunConfig, validate_config
 from dipod.optim import clip_and_step, loss_is_finite
 
 DIM = 4
@@ -117,7 +117,13 @@ class FakeTrainer:
             "samples": self.samples,
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def set_dipod_beta(self, beta: float) -> None:
+        self.dipod_beta = beta
+
+    def close(self) -> None:
+        pass
+
+    def load_state_dict(self, state: dict, *, restore_envs: bool = True) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])

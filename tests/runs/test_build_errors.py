@@ -9,9 +9,10 @@ import torch
 from typer.testing import CliRunner
 
 from dipod.cli import app
-from dipod.config import ConfigError, load_config
+from dipod.config import ConfigError
+from dipod.runs.config import load_config
 from dipod.runs import run_training
-from dipod.trainers import build_trainer
+from dipod.runs.trainers import build_trainer
 from tests.runs.cli_helpers import ROOT
 from tests.runs.fake_trainer import fake_config
 

@@ -39,7 +39,7 @@ def _kill_twice_and_compare(tmp_path: Path, config: Path, overrides: list[str], 
     rng = random.Random(seed)
     kills = 0
     for _ in range(2):
-        args = ["train", config, "--out", part, "--quiet", "--resume", *_sets(overrides)]
+        args = ["train", config, "--out", part, "--quiet", "--auto-resume", *_sets(overrides)]
         kills += kill_during_run(args, part, rng.randint(1, steps - 3), fake=False, extra_sleep=rng.random() * 0.1)
     assert kills >= 1  # at least one kill landed before the run finished
     result = dipod("train", config, "--out", part, "--quiet", "--resume", *_sets(overrides), fake=False)
@@ -49,9 +49,9 @@ def _kill_twice_and_compare(tmp_path: Path, config: Path, overrides: list[str], 
 
 def test_control_pendulum_crash_resume_in_process(tmp_path):
     """Default-suite version: the run 'dies' (an exception) after a random step, then resumes."""
-    from dipod.config import load_config
+    from dipod.runs.config import load_config
     from dipod.runs import run_training
-    from dipod.trainers import build_trainer
+    from dipod.runs.trainers import build_trainer
 
     cfg = load_config(ROOT / "configs" / "control" / "pendulum_fpo_pp_dipod.yaml", CONTROL_TINY)
     cfg.train.steps = 7
@@ -80,11 +80,11 @@ def test_control_pendulum_crash_resume_in_process(tmp_path):
 
 def test_control_diverging_run_stops_and_never_checkpoints_nonfinite_state(tmp_path):
     """An absurd learning rate blows the policy up: updates are skipped, the run stops with a message."""
-    from dipod.config import load_config
+    from dipod.runs.config import load_config
     from dipod.runs import BadStepsError, run_training
     from dipod.runs.checkpoint import list_checkpoints, load_checkpoint
     from dipod.runs.loop import nonfinite_tensors
-    from dipod.trainers import build_trainer
+    from dipod.runs.trainers import build_trainer
 
     overrides = [*CONTROL_TINY, "optim.lr=1e30", "optim.max_grad_norm=null", "train.max_bad_steps=2"]
     cfg = load_config(ROOT / "configs" / "control" / "pendulum_fpo_pp.yaml", [*overrides, "train.checkpoint_every=1"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dipod.objectives import make_params
+
 import json
 
 import numpy as np
@@ -20,7 +22,7 @@ def _runs(tmp_path):
         for seed in (0, 1):
             cfg = fake_config(steps=4)
             cfg.seed, cfg.objective.dipod_beta = seed, beta
-            cfg.objective.name = "fpo_pp"
+            cfg.objective = make_params("control", "fpo_pp", dipod_beta=cfg.objective.dipod_beta)
             cfg.drift.every = 2
             run_dir = tmp_path / f"b{beta}-s{seed}"
             run_training(cfg, run_dir, trainer_factory=FakeTrainer, quiet=True)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dipod.runs.config import RunConfig
+from dipod.types import Trainer
 
-from dipod.config import RunConfig
 
-
-def build_trainer(cfg: RunConfig, device: str | None = None) -> Any:
+def build_trainer(cfg: RunConfig, device: str | None = None) -> Trainer:
     """A LanguageTrainer or ControlTrainer for ``cfg``, on ``device`` (default: ``cfg.train.device``)."""
     device = device or cfg.train.device
     if cfg.domain == "language":

@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
-from dipod.diagnostics.drift import language_trainer_drift_probe
 from dipod.language.trainer import LanguageTrainer
 from tests.language.language_helpers import tiny_config
-
-
-def _probe_streams(seed: int) -> tuple[torch.Generator, np.random.Generator]:
-    return torch.Generator().manual_seed(seed), np.random.default_rng(seed)
 
 
 @pytest.mark.parametrize("name", ["fpo", "spg"])
@@ -22,7 +16,7 @@ def test_probe_keys_and_training_unchanged(name: str) -> None:
     cfg = tiny_config(objective={"name": name}, drift={"every": 1, "probe_size": 4, "num_orders": 4})
     probed, plain = LanguageTrainer(cfg), LanguageTrainer(cfg)
     before = [p.detach().clone() for p in probed.params]
-    out = language_trainer_drift_probe(probed, *_probe_streams(0))
+    out = probed.drift_probe()
     for key in ("drift/elbo", "drift/loglik", "drift/gap", "drift/grad_cosine"):
         assert math.isfinite(out[key]) or (key == "drift/grad_cosine" and math.isnan(out[key]))
     assert out["drift/gap"] >= 0.0  # IW over the same orders >= their mean
