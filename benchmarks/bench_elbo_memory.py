@@ -33,9 +33,8 @@ import torch
 
 from dipod.bounds.chunked import chunked_draws_backward
 from dipod.bounds.masked import draw_masks, masked_token_logprobs
-from dipod.config import ObjectiveConfig
 from dipod.language.model_tiny import TinyConfig, TinyMaskedLM
-from dipod.objectives import MaskedScores, dipod_term, get_objective
+from dipod.objectives import MaskedScores, dipod_term, get_objective, make_params
 
 VOCAB, PROMPT, GEN, DRAWS, CHUNK = 32768, 64, 128, 4, 1
 VARIANTS = {  # name -> (logits_at, draw chunk size)
@@ -62,7 +61,7 @@ def _setup(batch: int) -> dict:
         old = masked_token_logprobs(model, prompt, completion, draws, mask_id=cfg.mask_token_id, logits_at="masked")
         old = old + 0.1 * torch.randn(old.shape, generator=g)
     adv = torch.randn(batch, generator=g)
-    ocfg = ObjectiveConfig(name="fpo")
+    ocfg = make_params("language", "fpo")
     fpo = get_objective("language", "fpo")
 
     def loss_fn(token_logp: torch.Tensor):

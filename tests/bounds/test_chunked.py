@@ -11,8 +11,7 @@ from torch import nn
 
 from dipod.bounds.chunked import chunked_draws_backward, draw_chunks
 from dipod.bounds.masked import draw_masks, masked_token_logprobs
-from dipod.config import ObjectiveConfig
-from dipod.objectives import MaskedScores, dipod_term, get_objective
+from dipod.objectives import MaskedScores, dipod_term, get_objective, make_params
 from tests.bounds.tiny_models import MLPMaskedNet
 
 V, P, L, B, K = 3, 2, 4, 5, 6
@@ -35,7 +34,8 @@ def _setup(seed=0):
 
 
 def _loss_fn(name, old, draws, valid, adv):
-    cfg = ObjectiveConfig(name=name, elbo_scale="sum", clip_low=0.1, clip_high=0.1)
+    clips = {"clip_low": 0.1, "clip_high": 0.1} if name == "fpo" else {}  # SPG has no clip
+    cfg = make_params("language", name, **clips)
     objective = get_objective("language", name)
 
     def loss_fn(token_logp):

@@ -14,11 +14,10 @@ import torch
 
 from dipod.bounds.chunked import chunked_draws_backward
 from dipod.bounds.masked import draw_masks, elbo_from_logprobs, masked_token_logprobs
-from dipod.config import ObjectiveConfig
 from dipod.language.config import ModelConfig
 from dipod.language.model_hf import HFMaskedLM
 from dipod.language.models import build_model, build_tokenizer
-from dipod.objectives import MaskedScores, dipod_term, get_objective
+from dipod.objectives import MaskedScores, dipod_term, get_objective, make_params
 from tests.language.test_models import (
     CONFIGURATION_SRC,
     MODELING_SRC,
@@ -196,7 +195,7 @@ def _fpo_dipod(model, *, logits_at, chunk_size, checkpointing=False):
         old = masked_token_logprobs(model, prompt, completion, draws, **score)
         old = old + 0.2 * torch.randn(old.shape, generator=g, dtype=old.dtype)
     adv = torch.randn(prompt.shape[0], generator=g, dtype=torch.float64)
-    cfg = ObjectiveConfig(name="fpo", clip_low=0.1, clip_high=0.1)
+    cfg = make_params("language", "fpo", clip_low=0.1, clip_high=0.1)
 
     def loss_fn(token_logp):
         new = MaskedScores(token_logp, draws, valid)
