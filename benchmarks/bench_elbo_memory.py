@@ -14,7 +14,9 @@ Figures (candidate / reference, both measured here):
   - ``chunk_only_peak_memory_ratio``, ``chunk_only_time_ratio``: chunks of draws alone (full logits both);
   - ``chunk_on_lean_peak_memory_ratio``, ``chunk_on_lean_time_ratio``: chunks on top of the masked logits;
   - ``lean_head_peak_memory_ratio`` and ``lean_head_update_speedup``: masked logits alone, one pass
-    (today's time / lean time: what the output head saves in an inner update).
+    (today's time / lean time: what the output head saves in an inner update);
+  - ``checkpointing_on_lean_peak_memory_ratio``, ``checkpointing_on_lean_time_ratio``: gradient checkpointing
+    of the blocks on top of the masked logits, one pass.
 
 Run alone: ``python benchmarks/run.py [--quick] elbo_memory``.
 """
@@ -37,11 +39,12 @@ from dipod.language.model_tiny import TinyConfig, TinyMaskedLM
 from dipod.objectives import MaskedScores, dipod_term, get_objective, make_params
 
 VOCAB, PROMPT, GEN, DRAWS, CHUNK = 32768, 64, 128, 4, 1
-VARIANTS = {  # name -> (logits_at, draw chunk size)
-    "today": ("all", None),
-    "chunked": ("all", CHUNK),
-    "lean": ("masked", None),
-    "lean_chunked": ("masked", CHUNK),
+VARIANTS = {  # name -> (logits_at, draw chunk size, gradient checkpointing)
+    "today": ("all", None, False),
+    "chunked": ("all", CHUNK, False),
+    "lean": ("masked", None, False),
+    "lean_chunked": ("masked", CHUNK, False),
+    "lean_checkpointed": ("masked", None, True),
 }
 
 
@@ -69,8 +72,12 @@ def _setup(batch: int) -> dict:
         return out + dipod_term(out.elbo, ocfg.dipod_beta)
 
     def step(variant: str) -> None:
-        logits_at, chunk_size = VARIANTS[variant]
+        logits_at, chunk_size, checkpointing = VARIANTS[variant]
         model.zero_grad(set_to_none=True)
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        else:
+            model.gradient_checkpointing_disable()
 
         def score_fn(chunk):
             return masked_token_logprobs(
@@ -153,6 +160,8 @@ def run(quick: bool) -> dict:
         "chunk_on_lean_time_ratio": times["lean_chunked"] / times["lean"],
         "lean_head_peak_memory_ratio": memory["lean"] / memory["today"],
         "lean_head_update_speedup": times["today"] / times["lean"],
+        "checkpointing_on_lean_peak_memory_ratio": memory["lean_checkpointed"] / memory["lean"],
+        "checkpointing_on_lean_time_ratio": times["lean_checkpointed"] / times["lean"],
         "today_peak_mib": memory["today"],
         "lean_chunked_peak_mib": memory["lean_chunked"],
     }
