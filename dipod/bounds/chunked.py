@@ -74,9 +74,9 @@ def chunked_draws_backward(
         The backward passes run whatever the loss value: a caller that skips a non-finite step discards the
         gradients (``optimizer.zero_grad``), which is what skipping the backward would have left.
 
-    The backward passes are plain autograd (``Tensor.backward``), as ``accelerator.backward`` is on CPU and under
-    DDP or FSDP with bf16; a DeepSpeed engine or fp16 loss scaling wants its own backward call once per step,
-    so keep ``chunk_size`` None there.
+    The backward passes are plain autograd (``Tensor.backward``), as ``accelerator.backward`` is on one process
+    and under DDP (tested with two processes); a DeepSpeed engine or fp16 loss scaling wants its own backward
+    call, so keep ``chunk_size`` None there.
 
     Exactness needs the recomputed scores to equal the first pass's bit for bit (deterministic forward kernels,
     as on CPU and for cuBLAS matmuls); otherwise the gradient is taken at values that differ by rounding.
