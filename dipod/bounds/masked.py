@@ -29,7 +29,14 @@ from typing import Literal
 import torch
 
 LogitsFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
-"""(input_ids (N, T) long, attention_mask (N, T) bool or None) -> logits (N, T, V)."""
+"""(input_ids (N, T) long, attention_mask (N, T) bool or None) -> logits (N, T, V).
+
+With ``logits_at`` other than "all" the scorers also pass ``positions=``: a slice -> (N, Tp, V), or an (N, T)
+bool tensor -> (M, V) at its True positions in row-major order (``MaskedDiffusionLM.forward``)."""
+
+LogitsAt = Literal["all", "completion", "masked"]
+"""Where scoring asks the model for logits: every position (any ``LogitsFn``), the completion span, or the
+masked completion positions only (models that take ``positions``)."""
 
 MaskScheme = Literal["count", "round", "bernoulli", "d1"]
 BlockChoice = Literal["permutation", "uniform"]
@@ -60,6 +67,11 @@ class MaskDraws:
         """The draws of a subset of sequences (for minibatches)."""
         pm = None if self.prompt_mask is None else self.prompt_mask[rows]
         return MaskDraws(self.mask[rows], self.weight[rows], self.t[rows], pm)
+
+    def select(self, draws: slice) -> MaskDraws:
+        """A subset of the K draws of every sequence (chunks of draws), (B, K) -> (B, k)."""
+        pm = None if self.prompt_mask is None else self.prompt_mask[:, draws]
+        return MaskDraws(self.mask[:, draws], self.weight[:, draws], self.t[:, draws], pm)
 
     def to(self, device: torch.device | str) -> MaskDraws:
         pm = None if self.prompt_mask is None else self.prompt_mask.to(device)
@@ -293,25 +305,48 @@ def masked_token_logprobs(
     *,
     mask_id: int,
     attention_mask: torch.Tensor | None = None,
+    logits_at: LogitsAt = "all",
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """log p(x_i | noisy sequence, c) at every completion position, for all K draws in one forward pass.
+    """log p(x_i | noisy sequence, c) at the completion positions, for all K draws in one forward pass.
+
+    The full-vocabulary logits are the largest tensor of scoring ((B*K, T, V) floats, kept for the backward
+    pass), yet the bounds read only the masked completion tokens. ``logits_at`` says where they are computed:
+      - ``"all"``: every position, prompt included, then sliced (any ``LogitsFn``);
+      - ``"completion"``: ``positions=slice(P, T)``, (B*K, L, V);
+      - ``"masked"``: only the masked completion positions (and only the ``valid`` ones when given), as an
+        (B*K, T) bool ``positions``: (M, V) with M = number of masked tokens, about half the completion.
+    The token log-probs are the same in all three (``logsumexp - gathered logit`` per position).
 
     Args:
         prompt_ids: (B, P) long. completion_ids: (B, L) long.
         attention_mask: (B, T) bool, False on padding, or None.
+        valid: (B, L) bool or None; with ``"masked"``, masked positions outside it are not computed.
     Returns:
-        (B, K, L) float32. Only masked positions enter the bounds; the rest are computed but unused.
+        (B, K, L) float32 (or wider). Only masked positions enter the bounds: with ``"all"`` and
+        ``"completion"`` the others are computed but unused; with ``"masked"`` they hold 0 (no gradient).
     """
+    if logits_at not in ("all", "completion", "masked"):
+        raise ValueError(f"logits_at must be 'all', 'completion' or 'masked', got {logits_at!r}")
     batch, num_draws, length = draws.mask.shape
     noisy = masked_inputs(prompt_ids, completion_ids, draws, mask_id)  # (B, K, T)
     total = noisy.shape[-1]
+    rows = noisy.reshape(batch * num_draws, total)  # (B*K, T)
     attn = None
     if attention_mask is not None:
         attn = attention_mask[:, None, :].expand(batch, num_draws, total).reshape(batch * num_draws, total)
-    logits = logits_fn(noisy.reshape(batch * num_draws, total), attn)  # (B*K, T, V)
-    logits = logits[:, total - length :]  # (B*K, L, V)
-    targets = completion_ids[:, None, :].expand(batch, num_draws, length).reshape(batch * num_draws, length)
-    return token_logprobs_from_logits(logits, targets).view(batch, num_draws, length)
+    targets = completion_ids[:, None, :].expand(batch, num_draws, length)  # (B, K, L)
+    if logits_at == "masked":
+        scored = draws.mask if valid is None else draws.mask & valid[:, None, :]  # (B, K, L)
+        positions = torch.cat([scored.new_zeros(batch, num_draws, total - length), scored], -1)  # (B, K, T)
+        logits = logits_fn(rows, attn, positions=positions.reshape(batch * num_draws, total))  # (M, V)
+        picked = token_logprobs_from_logits(logits, targets[scored])  # (M,)
+        return picked.new_zeros(batch, num_draws, length).masked_scatter(scored, picked)  # (B, K, L)
+    if logits_at == "completion":
+        logits = logits_fn(rows, attn, positions=slice(total - length, total))  # (B*K, L, V)
+    else:
+        logits = logits_fn(rows, attn)[:, total - length :]  # (B*K, L, V)
+    return token_logprobs_from_logits(logits, targets.reshape(batch * num_draws, length)).view(batch, num_draws, length)
 
 
 def elbo_from_logprobs(
@@ -377,11 +412,13 @@ def masked_elbo(
     mask_id: int,
     scale: ElboScale = "sum",
     attention_mask: torch.Tensor | None = None,
+    logits_at: LogitsAt = "all",
 ) -> torch.Tensor:
     """(B,) Monte-Carlo ELBO of each completion: one batched forward pass over all K draws."""
     token_logp = masked_token_logprobs(
-        logits_fn, prompt_ids, completion_ids, draws, mask_id=mask_id, attention_mask=attention_mask
-    )
+        logits_fn, prompt_ids, completion_ids, draws,
+        mask_id=mask_id, attention_mask=attention_mask, logits_at=logits_at, valid=valid,
+    )  # fmt: skip
     return elbo_from_logprobs(token_logp, draws, valid, scale=scale)
 
 

@@ -40,6 +40,9 @@ class ModelConfig(BaseModel):
     max_seq_len: int = Field(256, ge=2)
     """tiny: learned positions; prompt + completion must fit."""
     dropout: float = Field(0.0, ge=0, lt=1)
+    gradient_checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass instead of keeping them (tiny: torch.utils.checkpoint
+    per block; hf: transformers' own switch): less activation memory for about one more forward pass of time."""
     finetune: Literal["full", "lora"] = "full"
     """full: every weight trains, the reference is a frozen copy; lora: peft adapters, the reference is
     the model with adapters disabled."""
@@ -197,6 +200,10 @@ class LanguageConfig(BaseModel):
     GSM8K's 0-4.5 rewards, rather than against Sudoku's 0-1 fractions."""
     micro_batch_size: int | None = Field(None, ge=1)
     """Completions per forward/backward pass (gradient accumulation); None: all of a process's batch."""
+    draw_chunk_size: int | None = Field(None, ge=1)
+    """ELBO draws per forward pass of an inner update (``dipod.bounds.chunked.chunked_draws_backward``): the
+    same loss and gradients at the activation memory of this many draws instead of K, for one extra forward
+    pass without graph per chunk but the last. None (or >= elbo_draws): all K draws in one pass."""
     elbo_scheme: Literal["count", "round", "bernoulli", "d1"] = "count"
     """How the ELBO draws pick the masked tokens (``dipod.bounds.masked.draw_masks``)."""
     score_eos: bool = True

@@ -8,6 +8,12 @@ Three families, one interface (input_ids (N, T), attention_mask (N, T) bool -> l
   attention mask with position ids that skip left padding.
 Special ids come from the tokenizer and the model config (``HFTokenizer``), never from literals.
 
+Scoring asks for logits at some positions only (``positions``: the completion span, or the masked tokens). Where
+the wrapped model applies its output projection (``get_output_embeddings()``, an ``nn.Linear``) to the final
+hidden states, the adapter gathers those hidden states before that projection, so the (N, T, V) logits are never
+made; ``probe_output_head`` checks this once at load time against the full logits, and any other model gets its
+full logits sliced. Gradient checkpointing goes through transformers' own switch.
+
 LLaDA's stock remote code ignores ``attention_mask`` (its attention is called with no mask), so left
 padding is visible to it. Remote-code models are probed once at load time
 (``ignores_attention_mask``), and a batch with padding then gets one warning per model.
@@ -15,7 +21,9 @@ padding is visible to it. Remote-code models are probed once at load time
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -53,6 +61,11 @@ class HFMaskedLM(nn.Module):
         self.ignores_attention_mask = False
         """True when the wrapped model's logits do not depend on the attention mask (``probe_attention_mask``)."""
         self._padding_warned = False
+        self.output_head: nn.Linear | None = None
+        """The wrapped model's output projection when logits at given positions can be computed by gathering its
+        input (``probe_output_head``); None slices the full logits instead."""
+        self._gather: slice | torch.Tensor | None = None
+        self._checkpointing = False
 
     @classmethod
     def from_pretrained(
@@ -104,7 +117,78 @@ class HFMaskedLM(nn.Module):
         )
         if trust_remote_code and not model.dream_style_inputs:
             model.ignores_attention_mask = model.probe_attention_mask()
+        model.output_head = model.probe_output_head()
         return model
+
+    @torch.no_grad()
+    def probe_output_head(self) -> nn.Linear | None:
+        """The output projection if gathering its input gives the same logits as the full forward, else None.
+
+        One 4-token forward pass each way in eval mode: ``get_output_embeddings()`` must be an ``nn.Linear`` that
+        the model calls once on its final hidden states (BERT's decoder after its transform, LLaMA-style
+        ``lm_head``, Dream); tied-embedding remote code (LLaDA with ``weight_tying``) calls no module and fails.
+        """
+        try:
+            head = self.net.get_output_embeddings()
+        except (AttributeError, NotImplementedError):
+            return None
+        if not isinstance(head, nn.Linear):
+            return None
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            device = head.weight.device
+            ids = torch.tensor([[self.eos_token_id, self.mask_token_id, self.pad_token_id, self.mask_token_id]])
+            ids = ids.to(device)
+            attn = torch.ones_like(ids, dtype=torch.bool)
+            positions = torch.tensor([[False, True, False, True]], device=device)
+            full = self._logits(ids, attn, None)[positions]  # (2, V)
+            self.output_head = head
+            gathered = self._logits(ids, attn, positions)  # (2, V)
+            tol = 1e-4 if full.dtype in (torch.float32, torch.float64) else 3e-2  # a wrong gather is off by O(1)
+            same = gathered.shape == full.shape and torch.allclose(gathered, full, rtol=tol, atol=tol)
+        except (RuntimeError, ValueError, IndexError):
+            same = False
+        finally:
+            self.output_head = None
+            self.net.train(was_training)
+        return head if same else None
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute the wrapped model's layers in the backward pass (transformers' own switch, non-reentrant).
+
+        transformers checkpoints a layer only in training mode, but the RL trainer scores in eval mode (no
+        dropout: old and new scores must agree). So while gradients are recorded, the adapter marks the
+        checkpointed layers themselves as training, not their children: their dropout stays off.
+        Raises ValueError for a model without checkpointing support.
+        """
+        enable = getattr(self.net, "activation_checkpointing_enable", None)
+        if enable is not None:  # transformers >= 5
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self._checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        """Switch transformers' checkpointing off again."""
+        disable = getattr(self.net, "activation_checkpointing_disable", None) or self.net.gradient_checkpointing_disable
+        disable()
+        self._checkpointing = False
+
+    @contextlib.contextmanager
+    def _checkpointed_layers_training(self) -> Iterator[None]:
+        if not (self._checkpointing and torch.is_grad_enabled()):
+            yield
+            return
+        layers = [m for m in self.net.modules() if getattr(m, "gradient_checkpointing", False) is True]
+        flags = [m.training for m in layers]
+        for m in layers:
+            m.training = True  # the module alone (no .train()): its children keep their mode
+        try:
+            yield
+        finally:
+            for m, flag in zip(layers, flags, strict=True):
+                m.training = flag
 
     @torch.no_grad()
     def probe_attention_mask(self) -> bool:
@@ -128,25 +212,62 @@ class HFMaskedLM(nn.Module):
         self.net.save_pretrained(str(directory))
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, positions: slice | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        positions: slice | torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (N, T, V) for input_ids (N, T) long; attention_mask (N, T) bool, False on padding.
 
-        ``positions`` returns the logits there only, (N, Tp, V); the whole forward still runs (the
-        wrapped models compute every position), so this saves the caller's memory, not compute.
+        ``positions`` returns the logits there only: a slice gives (N, Tp, V), an (N, T) bool tensor (M, V) in
+        row-major order. The wrapped model still runs every position through its layers; with a probed
+        ``output_head`` only the output projection is restricted to them (the (N, T, V) logits are never
+        made), otherwise the full logits are sliced, which saves the caller's memory, not compute.
         """
-        if self.dream_style_inputs:
-            logits = self._dream_forward(input_ids, attention_mask)
-        else:
-            if self.ignores_attention_mask and not self._padding_warned and attention_mask is not None:
-                self._warn_if_padded(attention_mask)
-            mask = None if attention_mask is None else attention_mask.long()
-            logits = self.net(input_ids=input_ids, attention_mask=mask).logits  # (N, T, V')
-        if self.logits_shift:
+        if positions is not None and self.output_head is None:
+            logits = self._logits(input_ids, attention_mask, None)
+            return logits[:, positions] if isinstance(positions, slice) else logits[positions]
+        return self._logits(input_ids, attention_mask, positions)
+
+    def _logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, positions: slice | torch.Tensor | None
+    ) -> torch.Tensor:
+        """The wrapped model's logits, unshifted and cut to the vocabulary; with ``positions`` (only when
+        ``output_head`` is set) its output projection sees the hidden states there alone."""
+        gather = positions is not None
+        self._gather = positions
+        handle = self.output_head.register_forward_pre_hook(self._gather_hidden) if gather else None
+        try:
+            with self._checkpointed_layers_training():
+                if self.dream_style_inputs:
+                    logits = self._dream_forward(input_ids, attention_mask)
+                else:
+                    if self.ignores_attention_mask and not self._padding_warned and attention_mask is not None:
+                        self._warn_if_padded(attention_mask)
+                    mask = None if attention_mask is None else attention_mask.long()
+                    logits = self.net(input_ids=input_ids, attention_mask=mask).logits  # (N, T, V')
+        finally:
+            self._gather = None
+            if handle is not None:
+                handle.remove()
+        if self.logits_shift and not gather:
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)  # position i now predicts token i
-        if positions is not None:
-            logits = logits[:, positions]
         return logits[..., : self.vocab_size]  # padded embedding rows are not tokens
+
+    def _gather_hidden(self, module: nn.Module, args: tuple) -> tuple | None:
+        """Forward pre-hook of the output projection: keep the hidden states at ``self._gather`` only. With
+        shifted logits (Dream) the logits at position i come from the hidden state at max(i - 1, 0)."""
+        hidden, *rest = args  # (N, T, C)
+        if self._gather is None:
+            return None
+        if hidden.dim() != 3:  # e.g. unpadded (tokens, C) hidden states: the probe falls back to slicing
+            raise RuntimeError(f"output projection got hidden states of shape {tuple(hidden.shape)}, not (N, T, C)")
+        shift = int(self.logits_shift)
+        if isinstance(self._gather, slice):
+            cols = torch.arange(hidden.shape[1], device=hidden.device)[self._gather]  # (Tp,)
+            return (hidden[:, (cols - shift).clamp(min=0)], *rest)  # (N, Tp, C)
+        rows, cols = self._gather.nonzero(as_tuple=True)  # (M,), (M,) in row-major order
+        return (hidden[rows, (cols - shift).clamp(min=0)], *rest)  # (M, C)
 
     def _warn_if_padded(self, attention_mask: torch.Tensor) -> None:
         if bool(attention_mask.all()):

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -237,6 +238,8 @@ class TinyMaskedLM(nn.Module):
             self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.to_empty(device="cpu")
         self.reset_parameters(generator if generator is not None else torch.Generator().manual_seed(0))
+        self.gradient_checkpointing = False
+        """Recompute each block's activations in the backward pass instead of keeping them."""
 
     @property
     def mask_token_id(self) -> int:
@@ -268,23 +271,42 @@ class TinyMaskedLM(nn.Module):
                 std = residual_std if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
                 p.normal_(0.0, std, generator=generator)
 
+    def gradient_checkpointing_enable(self) -> None:
+        """Keep only each block's input for the backward pass and recompute the block there (torch.utils.checkpoint):
+        activation memory of one block instead of all, for about one more forward pass of time. Active whenever
+        gradients are recorded, in eval mode too (the RL trainer scores without dropout)."""
+        self.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        """Keep every block's activations again (the default)."""
+        self.gradient_checkpointing = False
+
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, positions: slice | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        positions: slice | torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (N, T, V) for input_ids (N, T) long; attention_mask (N, T) bool hides padding keys.
 
-        With ``positions`` only the logits there are returned, (N, Tp, V): the last block then computes its
-        queries, MLP and output head at those positions alone (its keys and values still see the whole
-        sequence), so they equal the full forward's logits there at a fraction of the cost. The sampler
-        asks for the current block only.
+        With ``positions`` only the logits there are returned: a slice gives (N, Tp, V); an (N, T) bool tensor
+        gives (M, V) at its M True positions, in row-major order (as ``logits[positions]``). The last block then
+        computes its queries, MLP and output head over the span of those positions alone (its keys and values
+        still see the whole sequence), and the output head only at the positions themselves, so they equal the
+        full forward's logits there at a fraction of the cost. The sampler asks for the current block; ELBO
+        scoring for the masked completion tokens.
         """
         pos, key_mask = self._positions_and_key_mask(input_ids, attention_mask)
         x = self.drop(self.wte(input_ids) + self.wpe(pos))  # (N, T, C)
         *inner, last = self.blocks
         for block in inner:
-            x = block(x, key_mask)
-        x = last(x, key_mask, positions)  # (N, Tp, C)
-        return self.lm_head(self.ln_f(x))  # (N, Tp, V)
+            x = self._block(block, x, key_mask, None)
+        selected = isinstance(positions, torch.Tensor)
+        span = _covering_span(positions, input_ids.shape[1]) if selected else positions
+        x = self._block(last, x, key_mask, span)  # (N, Tp, C)
+        if selected:
+            x = x[positions[:, span]]  # (M, C): hidden states of the selected positions only
+        return self.lm_head(self.ln_f(x))  # (N, Tp, V) or (M, V)
 
     def _positions_and_key_mask(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
@@ -363,6 +385,13 @@ class TinyMaskedLM(nn.Module):
         span = torch.arange(start, end, device=fresh_lo.device)[None, :]  # (1, Te)
         return _Placement(start, end, window=(span >= fresh_lo[:, None]) & (span < fresh_hi[:, None]))
 
+    def _block(
+        self, block: Block, x: torch.Tensor, key_mask: torch.Tensor | None, queries: slice | None
+    ) -> torch.Tensor:
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, x, key_mask, queries, use_reentrant=False)
+        return block(x, key_mask, queries)
+
     def save_pretrained(self, directory: str | Path) -> None:
         """Write ``config.json`` and ``model.safetensors`` into ``directory``."""
         directory = Path(directory)
@@ -380,3 +409,15 @@ class TinyMaskedLM(nn.Module):
         model = cls(TinyConfig(**payload))
         load_model(model, str(directory / WEIGHTS_FILE), device=str(map_location))
         return model
+
+
+def _covering_span(positions: torch.Tensor, length: int) -> slice:
+    """The smallest slice of columns that holds every True of an (N, T) bool ``positions`` (one host sync)."""
+    if positions.dtype != torch.bool or positions.dim() != 2 or positions.shape[1] != length:
+        raise ValueError(
+            f"positions must be an (N, {length}) bool tensor, got {positions.dtype} {tuple(positions.shape)}"
+        )
+    cols = positions.any(0).nonzero()
+    if cols.numel() == 0:
+        return slice(0, 0)
+    return slice(int(cols[0]), int(cols[-1]) + 1)

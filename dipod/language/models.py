@@ -1,9 +1,11 @@
 """The masked diffusion LM interface and the factory that builds a model and its tokenizer from config.
 
 Everything downstream (samplers, ELBO scoring, trainers) sees only ``MaskedDiffusionLM``: a module
-called as ``model(input_ids, attention_mask)`` that returns logits for every position (or, with
-``positions=slice(lo, hi)``, for those alone: the sampler needs one block), plus the
-special ids of its tokenizer. The built-in tiny transformer and the HF adapter both implement it.
+called as ``model(input_ids, attention_mask)`` that returns logits for every position, or, with
+``positions``, for those alone: ``slice(lo, hi)`` for the sampler's current block, an (N, T) bool mask for
+the masked completion tokens that ELBO scoring reads (``masked_token_logprobs(logits_at="masked")``), so the
+full-vocabulary logits of the prompt and of the unmasked tokens are never made. Plus the special ids of its
+tokenizer and a gradient-checkpointing switch. The built-in tiny transformer and the HF adapter implement it.
 A model may also implement ``KVCacheLM`` (the built-in one does): the sampler then reuses keys and values
 between decoding steps (the prefix KV cache of block-wise decoding) when asked to.
 """
@@ -33,15 +35,27 @@ class MaskedDiffusionLM(Protocol):
     vocab_size: int
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, positions: slice | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        positions: slice | torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """input_ids (N, T) long, attention_mask (N, T) bool (False on padding) or None -> logits (N, T, V),
-        or (N, Tp, V) at ``positions`` only (equal to the full logits there; cheaper where the model can)."""
+        """input_ids (N, T) long, attention_mask (N, T) bool (False on padding) or None -> logits (N, T, V);
+        at ``positions`` only: a slice gives (N, Tp, V), an (N, T) bool tensor (M, V) at its True positions in
+        row-major order (``logits[positions]``). Equal to the full logits there; cheaper where the model can."""
         ...
 
     def __call__(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, positions: slice | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        positions: slice | torch.Tensor | None = None,
     ) -> torch.Tensor: ...
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute activations in the backward pass instead of keeping them, whenever gradients are recorded
+        (eval mode included)."""
+        ...
 
 
 class KVCache(Protocol):
@@ -129,6 +143,8 @@ def build_model(
             dropout=cfg.dropout,
         )
         model = TinyMaskedLM(tiny, generator=generator)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
     if cfg.finetune == "lora":
         targets = cfg.lora_target_modules
         if targets is None:  # the architecture's defaults

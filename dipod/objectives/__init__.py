@@ -34,7 +34,8 @@ class MaskedScores:
     """What one batched forward pass over K masking draws yields for B completions."""
 
     token_logp: torch.Tensor
-    """(B, K, L) log p(x_i | noisy sequence) at every completion position."""
+    """(B, K, L) log p(x_i | noisy sequence) at the completion positions; only the masked ones are read (lean
+    scoring, ``masked_token_logprobs(logits_at="masked")``, leaves the others 0)."""
     draws: MaskDraws
     """The draws that made the noisy sequences (stored with the rollout: common random numbers)."""
     valid: torch.Tensor
