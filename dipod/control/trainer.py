@@ -215,7 +215,9 @@ class ControlTrainer:
         if not self._self_distill_done:
             extra.update(self._run_self_distill())
 
+        started = time.perf_counter()
         roll = self._rollout()
+        rolled = time.perf_counter()
         advantages, returns = gae(
             roll["rewards"],
             roll["values"],
@@ -275,6 +277,7 @@ class ControlTrainer:
             reward_mean=float(roll["raw_rewards"].mean()),
             skipped_updates=float(skipped),
             updates=float(len(perms) * cc.num_minibatches),
+            **{"time/env": rolled - started, "time/update": time.perf_counter() - rolled},
             ratio_first=ratio_first,
             value_mean=float(roll["values"].mean()),
         )

@@ -200,6 +200,9 @@ class LanguageConfig(BaseModel):
     GSM8K's 0-4.5 rewards, rather than against Sudoku's 0-1 fractions."""
     micro_batch_size: int | None = Field(None, ge=1)
     """Completions per forward/backward pass (gradient accumulation); None: all of a process's batch."""
+    score_logits: Literal["masked", "all"] = "masked"
+    """Where scoring computes the output head: at the masked completion tokens only (the same log-probs; a
+    fraction of the memory and time with a wide vocabulary), or at every position (the reference path)."""
     draw_chunk_size: int | None = Field(None, ge=1)
     """ELBO draws per forward pass of an inner update (``dipod.bounds.chunked.chunked_draws_backward``): the
     same loss and gradients at the activation memory of this many draws instead of K, for one extra forward
@@ -244,6 +247,15 @@ class LanguageRunConfig(RunConfigBase):
     """The policy-gradient method and its settings (``name`` picks the params model)."""
     language: LanguageConfig
     """Model, task, sampler and rollout settings."""
+
+    @model_validator(mode="after")
+    def _chunks_need_one_scoring_pass(self) -> LanguageRunConfig:
+        if self.language.draw_chunk_size and self.objective.name == "diffu_grpo" and self.objective.dipod_beta > 0:
+            raise ValueError(
+                "language.draw_chunk_size chunks one scoring pass, but diffu_grpo with objective.dipod_beta > 0 "
+                "scores twice (one-step and ELBO draws); unset draw_chunk_size or dipod_beta"
+            )
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
@@ -45,6 +46,7 @@ from typing import Any
 import torch
 
 from dipod.advantages import group_advantages
+from dipod.bounds.chunked import chunked_draws_backward
 from dipod.bounds.masked import MaskDraws, draw_masks, elbo_from_logprobs, masked_token_logprobs
 from dipod.diagnostics.health import health_signals
 from dipod.language.config import LanguageRunConfig
@@ -173,6 +175,7 @@ class LanguageTrainer:
         self.step = 0
         self.samples = 0
         self._dipod_factor = 1.0  # what dipod_scale multiplies beta by for the current rollout
+        self._timer = {"time/score": 0.0}  # scoring time inside the current rollout
 
     def _check_fits(self) -> None:
         """Settings that would fail at the first step, rejected now: a chat template the tokenizer lacks, and
@@ -209,13 +212,15 @@ class LanguageTrainer:
         rows = [ex for ex in examples for _ in range(group)]  # G contiguous copies per prompt
         texts = [self.task.prompt(ex, fmt) for ex in rows]
         prompt_ids, prompt_attn = encode_prompts(self.tokenizer, texts, self.device, chat=lang.data.chat_template)
+        # Continuous batching (sampler.slots) takes the whole step as one queue; else the updates' micro-batches.
+        chunks = [slice(0, len(rows))] if lang.sampler.slots else list(self._micro_batches(len(rows)))
         with self._autocast():
             out = concat_decoded([
                 decode_and_score(
                     self.model, self.tokenizer, self.task, rows[mb], prompt_ids[mb], prompt_attn[mb], lang.sampler,
                     fmt, generator, score_eos=lang.score_eos,
                 )
-                for mb in self._micro_batches(len(rows))
+                for mb in chunks
             ])  # fmt: skip
         rewards = torch.as_tensor(out.rewards, dtype=torch.float32, device=self.device)  # (B,)
         adv = group_advantages(rewards, group, normalize_std=lang.normalize_advantages)
@@ -238,7 +243,9 @@ class LanguageTrainer:
         )
         if self.objective.draws == "one_step" and self.dipod_beta > 0:
             batch.elbo_draws = draw_masks(valid, lang.elbo_draws, generator=self.generator, scheme=lang.elbo_scheme)
+        scoring = time.perf_counter()
         self._score_old(batch)
+        self._timer["time/score"] = time.perf_counter() - scoring
         self._dipod_factor = self._dipod_scale_factor(batch)
         metrics = {
             **self._health(batch, s.rewards),
@@ -247,6 +254,7 @@ class LanguageTrainer:
             "accuracy": float(s.decoded.accuracy.mean()),
             "effective_tokens": float(valid.sum(-1).float().mean()),
             "nfe": float(s.decoded.nfe),
+            "nfe_per_row": float(s.decoded.nfe if s.decoded.row_nfe is None else s.decoded.row_nfe.float().mean()),
         }
         return batch, metrics
 
@@ -305,8 +313,8 @@ class LanguageTrainer:
         """(B, K, L) token log-probs of ``model`` under ``draws``: one batched forward pass."""
         with self._autocast():
             return masked_token_logprobs(
-                model, batch.prompt_ids, batch.completion_ids, draws,
-                mask_id=self.tokenizer.mask_token_id, attention_mask=batch.attention,
+                model, batch.prompt_ids, batch.completion_ids, draws, mask_id=self.tokenizer.mask_token_id,
+                attention_mask=batch.attention, logits_at=self.cfg.language.score_logits, valid=batch.valid,
             )  # fmt: skip
 
     @torch.no_grad()
@@ -326,11 +334,13 @@ class LanguageTrainer:
 
     # ------------------------------------------------------------------ update
 
-    def _loss(self, mb: RolloutBatch) -> LossOut:
-        """Objective + DiPOD term + reference term for one micro-batch (one forward pass, two for
-        diffu-GRPO with DiPOD)."""
+    def _loss(self, mb: RolloutBatch, token_logp: torch.Tensor | None = None) -> LossOut:
+        """Objective + DiPOD term + reference term for one micro-batch, from its (B, K, L) token log-probs under
+        the stored draws (scored here when not given: one forward pass, two for diffu-GRPO with DiPOD)."""
         ocfg, beta = self.cfg.objective, self.dipod_beta
-        new = MaskedScores(self.token_logprobs(self.train_model, mb, mb.draws), mb.draws, mb.valid)
+        if token_logp is None:
+            token_logp = self.token_logprobs(self.train_model, mb, mb.draws)
+        new = MaskedScores(token_logp, mb.draws, mb.valid)
         old = MaskedScores(mb.old_logp, mb.draws, mb.valid) if mb.old_logp is not None else None
         out = self.objective.fn(new, old, mb.adv, ocfg)
         elbo = out.elbo
@@ -349,6 +359,19 @@ class LanguageTrainer:
                 ref_elbo = elbo_from_logprobs(mb.ref_logp, mb.draws, mb.valid, scale=ocfg.elbo_scale)
                 out = out + elbo_difference_penalty(elbo, ref_elbo, self.kl_beta)
         return out
+
+    def _chunked_backward(self, mb: RolloutBatch, scale: float, sync: bool) -> LossOut:
+        """``_loss`` with its backward in chunks of ``language.draw_chunk_size`` draws (``chunked_draws_backward``);
+        the early chunks of a synchronising micro-batch skip DDP's all-reduce, the last one syncs."""
+        no_sync = self.train_model.no_sync if self.world > 1 and sync else None
+        return chunked_draws_backward(
+            lambda draws: self.token_logprobs(self.train_model, mb, draws),
+            lambda token_logp: self._loss(mb, token_logp),
+            mb.draws,
+            chunk_size=self.cfg.language.draw_chunk_size,
+            loss_scale=scale,
+            no_sync=no_sync,
+        )
 
     def _row_weights(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(B,) what each row weighs in the objective's mean (1, or its length for a per-token mean), and the
@@ -385,14 +408,18 @@ class LanguageTrainer:
                 scale = float(mb_weight * self.world / global_weight)  # of the global batch, x processes (DDP)
                 sync = i == len(chunks) - 1 or self.world == 1
                 with contextlib.nullcontext() if sync else self.train_model.no_sync():
-                    out = self._loss(mb)
-                    loss = out.loss * scale
-                    finite &= loss_is_finite(loss)
-                    if finite or self.world > 1:
-                        # With several processes every one must join DDP's gradient all-reduce: a non-finite
-                        # loss is back-propagated too, its gradient makes the averaged one non-finite on every
-                        # process, and all of them skip the step together (clip_and_step).
-                        self.accelerator.backward(loss)
+                    if self.cfg.language.draw_chunk_size:  # the same gradients, one chunk of draws' graph at a time
+                        out = self._chunked_backward(mb, scale, sync)
+                        finite &= loss_is_finite(out.loss)  # a non-finite gradient is caught by clip_and_step
+                    else:
+                        out = self._loss(mb)
+                        loss = out.loss * scale
+                        finite &= loss_is_finite(loss)
+                        if finite or self.world > 1:
+                            # With several processes every one must join DDP's gradient all-reduce: a non-finite
+                            # loss is back-propagated too, its gradient makes the averaged one non-finite on
+                            # every process, and all of them skip the step together (clip_and_step).
+                            self.accelerator.backward(loss)
                 totals["loss"] += float(out.loss.detach()) * share
                 for key, value in out.stats.items():
                     totals[key] += float(value) * share
@@ -414,9 +441,20 @@ class LanguageTrainer:
     # ------------------------------------------------------------------ protocol
 
     def train_step(self) -> dict[str, float]:
-        """One policy-improvement step: rollout, then mu inner updates. Returns DESIGN §5 metrics."""
+        """One policy-improvement step: rollout, then mu inner updates. Returns DESIGN §5 metrics, with the
+        step's time split into ``time/rollout`` (sampling and rewards), ``time/score`` (stored draws, old and
+        reference scores) and ``time/update`` (the mu inner updates)."""
+        self._timer = {"time/score": 0.0}
+        started = time.perf_counter()
         batch, rollout_metrics = self.rollout()
-        metrics = {**rollout_metrics, **self.update(batch)}
+        rolled = time.perf_counter()
+        update_metrics = self.update(batch)
+        timing = {
+            "time/rollout": rolled - started - self._timer["time/score"],
+            "time/score": self._timer["time/score"],
+            "time/update": time.perf_counter() - rolled,
+        }
+        metrics = {**rollout_metrics, **update_metrics, **timing}
         metrics = self._reduce(metrics)
         self.step += 1
         self.samples += self.cfg.language.prompts_per_step * self.cfg.language.group_size

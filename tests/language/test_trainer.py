@@ -385,3 +385,23 @@ def test_micro_batches_drop_the_prompt_padding_their_rows_share():
     assert torch.equal(batch.rows(slice(0, 2)).prompt_ids, prompt_ids[:2])
     full = trainer.token_logprobs(trainer.model, batch, batch.draws)[2:]  # (2, K, L), scored with padding
     torch.testing.assert_close(trainer.token_logprobs(trainer.model, short, short.draws), full, rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_draws_and_lean_scoring_give_the_reference_update():
+    """draw_chunk_size and score_logits change memory and time, not the update (float64 on the tiny model)."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        reference = LanguageTrainer(tiny_config(language={"score_logits": "all"}))
+        lean = LanguageTrainer(tiny_config(language={"draw_chunk_size": 1}))
+        reference.train_step()
+        lean.train_step()
+    finally:
+        torch.set_default_dtype(torch.float32)
+    for a, b in zip(reference.params, lean.params, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_step_time_is_split_into_rollout_score_and_update(tiny_cfg):
+    metrics = LanguageTrainer(tiny_cfg).train_step()
+    assert all(metrics[k] > 0 for k in ("time/rollout", "time/score", "time/update"))
+    assert metrics["nfe_per_row"] > 0
