@@ -6,7 +6,7 @@ $(VENV_STAMP): pyproject.toml
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev,data,control]"
+	$(PY) -m pip install -q -e ".[dev,data,control,wandb]"
 	touch $(VENV_STAMP)
 
 .PHONY: demo test test-all bench lint
@@ -14,6 +14,7 @@ demo: $(VENV_STAMP)
 	.venv/bin/dipod demo
 
 test: $(VENV_STAMP)
+	.venv/bin/lint-imports
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q
 
 test-all: $(VENV_STAMP)

@@ -45,20 +45,15 @@ def expand_set_args(argv: list[str]) -> list[str]:
     argument (a config path) after the overrides still reads as one.
     """
     out: list[str] = []
-    in_set = False
+    in_set = False  # inside the overrides of the last --set
     for word in argv:
         if word == "--set":
+            in_set = True
+        elif in_set and out[-1] != "--set" and "=" in word and not word.startswith("-"):
+            out.append("--set")  # another override of the same flag
+        elif out and out[-1] != "--set":
             in_set = False
-            out.append(word)
-            in_set = True
-            continue
-        if in_set and out[-1] != "--set" and "=" in word and not word.startswith("-"):
-            out += ["--set", word]
-            continue
-        in_set = in_set and out[-1] == "--set"
         out.append(word)
-        if out[-2:-1] == ["--set"]:
-            in_set = True
     return out
 
 

@@ -215,3 +215,19 @@ def test_demo_small_then_eval(tmp_path):
     evaluated = json.loads(result.stdout.splitlines()[0])
     assert evaluated["step"] == 2
     assert {"eval/accuracy", "eval/reward", "eval/effective_tokens", "eval/nfe"} <= set(evaluated)
+
+
+def test_several_overrides_after_one_set_flag():
+    from dipod.cli import expand_set_args
+
+    argv = ["train", "c.yaml", "--set", "a.b=1", "c=2", "--out", "d", "--set", "e=3"]
+    assert expand_set_args(argv) == ["train", "c.yaml", "--set", "a.b=1", "--set", "c=2", "--out", "d", "--set", "e=3"]
+    # a positional argument after the overrides is not taken for one
+    assert expand_set_args(["train", "--set", "a=1", "b=2", "c.yaml"]) == [
+        "train",
+        "--set",
+        "a=1",
+        "--set",
+        "b=2",
+        "c.yaml",
+    ]

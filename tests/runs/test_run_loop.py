@@ -238,3 +238,35 @@ def test_progress_bar_and_quiet(tmp_path, capsys):
     assert "3/3" in err and f"reward {final_reward:+.3f}" in err and "ETA" in err
     run_training(cfg, tmp_path / "quiet", trainer_factory=FakeTrainer, quiet=True)
     assert capsys.readouterr().err == ""
+
+
+def test_report_to_chooses_the_sinks(tmp_path, monkeypatch):
+    cfg = fake_config(steps=2)
+    cfg.train.report_to = []
+    run_training(cfg, tmp_path / "none", trainer_factory=FakeTrainer, quiet=True)
+    assert (tmp_path / "none" / "metrics.jsonl").is_file() and not (tmp_path / "none" / "tb").exists()
+
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg.train.report_to = ["wandb"]
+    run_training(cfg, tmp_path / "wandb", trainer_factory=FakeTrainer, quiet=True)
+    runs = list((tmp_path / "wandb" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].glob("*.wandb"))  # an offline run, nothing sent anywhere
+
+
+def test_adaptive_beta_from_the_config_is_resumable(tmp_path):
+    cfg = fake_config(steps=6, checkpoint_every=2)
+    cfg.drift.every = 1
+    cfg.adaptive_beta = {"budget": 0.5, "max_entropy_drop": None, "max_zero_std_ratio": None}
+    full = run_training(cfg, tmp_path / "full", trainer_factory=FakeTrainer, quiet=True)
+    betas = [row["dipod_beta"] for row in read_metrics(tmp_path / "full" / "metrics.jsonl")]
+    assert len(set(betas)) > 1  # the fake's gap (0.81) is over budget: beta doubles after each probe
+    assert betas[1] == pytest.approx(2 * betas[0])
+    with pytest.raises(Crash):  # killed after step 3; the last checkpoint (step 2) holds the controller's state
+        run_training(cfg, tmp_path / "part", trainer_factory=crashing_at(3), quiet=True)
+    run_training(cfg, tmp_path / "part", trainer_factory=FakeTrainer, quiet=True, resume=True)
+    assert _without_time(read_metrics(tmp_path / "part" / "metrics.jsonl")) == _without_time(
+        read_metrics(tmp_path / "full" / "metrics.jsonl")
+    )
+    assert full.status == "completed"
