@@ -7,9 +7,9 @@ import json
 import numpy as np
 
 from dipod.diagnostics.plots import mean_std_over_runs
-from dipod.runs.report import load_run, write_report
 from dipod.objectives import make_params
 from dipod.runs import run_training
+from dipod.runs.report import load_run, write_report
 from tests.runs.fake_trainer import FakeTrainer, fake_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
