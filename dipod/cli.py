@@ -123,19 +123,28 @@ def sft(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the SFT run in --out.")] = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Supervised pre-training of a base policy (language) on the task's reference solutions."""
+    """Supervised pre-training of a base policy: a language model on the task's reference solutions, or a flow
+    policy cloned from demonstrations (a control config with ``control.bc.dataset``)."""
     cfg = _load_config(config, set_)
-    if cfg.domain != "language":
-        raise _fail(f"{config}: sft trains language models; this config has domain {cfg.domain!r}", EXIT_CONFIG)
+    from dipod.checkpoints import CheckpointError
     from dipod.config import ConfigError
     from dipod.runs.loop import RunDirError
-    from dipod.runs.sft import train_sft
+    from dipod.runs.sft import train_bc, train_sft
 
     out = out or _default_out(f"{cfg.name}-sft")
+    mode = "always" if resume else "never"
     try:
-        _, _, history = train_sft(cfg, out_dir=out, resume="always" if resume else "never", quiet=quiet)
+        if cfg.domain == "control":
+            result = train_bc(cfg, out_dir=out, resume=mode, quiet=quiet)
+            evals = [row for row in result.rows if "eval/return" in row]
+            final = f", eval return {evals[-1]['eval/return']:.1f}" if evals else ""
+            typer.echo(f"bc finished: checkpoints in {out / 'checkpoints'} (control.init_from: {out}){final}")
+            return
+        _, _, history = train_sft(cfg, out_dir=out, resume=mode, quiet=quiet)
     except (ConfigError, RunDirError) as exc:
         raise _fail(str(exc), EXIT_CONFIG) from None
+    except CheckpointError as exc:
+        raise _fail(str(exc), 1) from None
     evals = [row for row in history if "eval/accuracy" in row]
     final = f", eval accuracy {evals[-1]['eval/accuracy']:.3f}" if evals else ""
     typer.echo(f"sft finished: model and tokenizer in {out}{final}")

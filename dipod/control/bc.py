@@ -28,8 +28,8 @@ Shape legend: M pairs, B batch, N (tau, eps) draws, S observation dim, A action 
 
 from __future__ import annotations
 
-import json
-import time
+import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,12 +41,8 @@ import torch
 from dipod.bounds.flow import FlowDraws, draw_elbo_noise, draw_flow_noise
 from dipod.checkpoints import (
     CheckpointError,
-    checkpoint_path,
     latest_checkpoint,
-    list_checkpoints,
     load_checkpoint,
-    prune_checkpoints,
-    save_checkpoint,
 )
 from dipod.control.config import ControlConfig
 from dipod.control.config import ControlRunConfig as RunConfig
@@ -55,6 +51,7 @@ from dipod.control.envs import check_env, env_seeds, make_vector_env
 from dipod.control.normalizer import RunningNorm
 from dipod.control.policy import FlowPolicy
 from dipod.optim import clip_and_step, loss_is_finite
+from dipod.seeding import torch_generator
 
 BC_KIND = "bc"
 ARCHITECTURE_KEYS = ("actor_hidden", "activation", "time_embed_dim", "actor_scale", "output_scale")
@@ -179,225 +176,153 @@ def evaluate_actor(
 # --------------------------------------------------------------------------- training
 
 
-@dataclass
-class BCResult:
-    """What ``train_bc`` returns."""
-
-    actor: FlowPolicy
-    normalizer: RunningNorm | None
-    history: list[dict[str, float]]
-    checkpoint: Path
-    summary: dict[str, Any]
-
-
-def _check_config(cfg: RunConfig) -> tuple[ControlConfig, str]:
+def check_bc_config(cfg: RunConfig) -> str:
+    """The dataset a BC run reads; a ValueError naming the key when the config cannot clone."""
     cc = cfg.control
-    if cc is None or cfg.domain != "control":
-        raise ValueError("behaviour cloning needs a control config (domain: control)")
     if cc.policy != "flow":
         raise ValueError(f"behaviour cloning trains flow policies; control.policy = {cc.policy!r}")
     if cc.bc.dataset is None:
         raise ValueError("control.bc.dataset is not set: give a Minari dataset path or id")
     if cc.env == "bandit":
         raise ValueError("control.env = 'bandit' has no demonstrations; behaviour cloning needs a gymnasium env")
-    return cc, cc.bc.dataset
+    return cc.bc.dataset
 
 
-def _comparable(cfg: RunConfig) -> dict[str, Any]:
-    data = cfg.model_dump(mode="json")
-    data["control"]["bc"].pop("steps")  # extending a finished clone is allowed
-    return data
+def bc_run_config(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with the run loop's schedule taken from ``control.bc``: its steps and checkpoint interval, and
+    ``evaluate`` (validation, plus the env return at ``bc.eval_every``) every ``bc.val_every`` steps."""
+    bc = cfg.control.bc
+    train = cfg.train.model_copy(
+        update={"steps": bc.steps, "eval_every": bc.val_every, "checkpoint_every": bc.checkpoint_every}
+    )
+    return cfg.model_copy(update={"train": train, "drift": cfg.drift.model_copy(update={"every": 0})})
 
 
-def _write_history(out: Path, history: list[dict[str, float]]) -> None:
-    tmp = out / "bc_history.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
-    tmp.replace(out / "bc_history.jsonl")
+class BCTrainer:
+    """Behaviour cloning as a Trainer (``dipod.types.Trainer``): one ``train_step`` is one CFM step on a batch
+    of demonstration pairs. ``dipod sft`` runs it through the one run loop (checkpoints, resume).
 
-
-def _resume_state(cfg: RunConfig, ckpt_dir: Path, resume: bool) -> dict[str, Any] | None:
-    if not list_checkpoints(ckpt_dir):
-        return None
-    if not resume:
-        raise FileExistsError(f"{ckpt_dir} already holds a BC run; resume it or choose another output directory")
-    found = latest_checkpoint(ckpt_dir)
-    assert found is not None
-    path, payload = found
-    if payload.get("kind") != BC_KIND:
-        raise CheckpointError(f"checkpoint {path} is not a BC checkpoint")
-    diffs = _differences(_comparable(RunConfig.model_validate(payload["config"])), _comparable(cfg))
-    if diffs:
-        raise ValueError(
-            f"the config differs from the one {path} was trained with (only control.bc.steps may change on resume):"
-            "\n  " + "\n  ".join(diffs)
-        )
-    return payload
-
-
-def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """``key: checkpoint X, now Y`` for every dotted key whose value differs."""
-    diffs = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            diffs.append(f"{prefix}{key}: checkpoint {a!r}, now {b!r}")
-    return diffs
-
-
-def train_bc(
-    cfg: RunConfig,
-    *,
-    out_dir: str | Path,
-    device: str | None = None,
-    log: Callable[[dict[str, float]], None] | None = None,
-    resume: bool = False,
-) -> BCResult:
-    """Clone ``control.bc.dataset`` into a flow policy; checkpoints in ``out_dir/checkpoints``.
-
-    Checks before any work: the env, the dataset (exists, not empty, shapes match the env). Each step
-    draws a batch of training pairs and ``control.bc.cfm_draws`` (tau, eps) per pair from one seeded
-    generator, so ``resume=True`` continues bit for bit from the newest checkpoint. History rows (every
-    ``train.log_every`` steps and at validation/evaluation steps) hold ``step``, ``samples``, ``loss``,
-    ``grad_norm``, ``time_s`` and ``val/*`` / ``eval/*``; ``out_dir/bc_history.jsonl`` and
-    ``out_dir/bc_summary.json`` (with the training throughput ``train_samples_per_s``) are written too.
+    Its ``state_dict`` is a BC checkpoint's trainer state: ``kind = "bc"``, env, sizes, the actor's
+    constructor arguments and weights, the normaliser and the dataset, which ``load_pretrained_actor`` reads.
     """
-    cc, source = _check_config(cfg)
-    bc = cc.bc
-    dev = torch.device(device or cfg.train.device)
-    check_env(cc.env)
-    demos = load_demonstrations(source, env_id=cc.env)
-    out = Path(out_dir)
-    ckpt_dir = out / "checkpoints"
-    payload = _resume_state(cfg, ckpt_dir, resume)
-    data = split_bc_data(demos, val_fraction=bc.val_fraction, seed=cfg.seed)
-    if payload is not None and payload["dataset"]["pairs"] != int(demos.actions.shape[0]):
-        raise ValueError(
-            f"{demos.path} now holds {demos.actions.shape[0]} pairs; the run in {out} was trained on "
-            f"{payload['dataset']['pairs']}"
+
+    def __init__(self, cfg: RunConfig, *, device: str | None = None) -> None:
+        dataset = check_bc_config(cfg)
+        self.cfg, cc, bc = cfg, cfg.control, cfg.control.bc
+        self.device = dev = torch.device(device or cfg.train.device)
+        check_env(cc.env)
+        demos = load_demonstrations(dataset, env_id=cc.env)
+        data = split_bc_data(demos, val_fraction=bc.val_fraction, seed=cfg.seed)
+        self.obs_dim, self.action_dim = data.obs.shape[1], data.actions.shape[1]
+        self.normalizer = fit_normalizer(data.obs).to(dev) if cc.normalize_obs else None
+        self.obs = self._normalized(data.obs.to(dev))  # (M, S)
+        self.actions = data.actions.to(dev)  # (M, A)
+        self.val_obs, self.val_actions = self._normalized(data.val_obs.to(dev)), data.val_actions.to(dev)
+        self.actor = FlowPolicy(
+            self.obs_dim, self.action_dim, **actor_kwargs(cc), generator=torch_generator(cfg.seed, "init")
+        ).to(dev)
+        self.optimizer = torch.optim.AdamW(
+            self.actor.parameters(), lr=bc.lr, betas=cfg.optim.betas, weight_decay=bc.weight_decay
         )
-    obs_dim, action_dim = data.obs.shape[1], data.actions.shape[1]
-
-    normalizer = fit_normalizer(data.obs).to(dev) if cc.normalize_obs else None
-    obs = (normalizer(data.obs.to(dev)) if normalizer is not None else data.obs.to(dev)).float()  # (M, S)
-    actions = data.actions.to(dev)
-    val_obs = data.val_obs.to(dev)
-    val_obs = normalizer(val_obs) if normalizer is not None else val_obs  # (M_val, S)
-    val_actions = data.val_actions.to(dev)
-
-    init_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 4)
-    actor = FlowPolicy(obs_dim, action_dim, **actor_kwargs(cc), generator=init_gen).to(dev)
-    optimizer = torch.optim.AdamW(actor.parameters(), lr=bc.lr, betas=cfg.optim.betas, weight_decay=bc.weight_decay)
-    gen = torch.Generator(device=dev).manual_seed(cfg.seed * 1000 + 11)  # batches and (tau, eps) draws
-    val_gen = torch.Generator(device=dev).manual_seed(cfg.seed * 1000 + 12)  # fixed held-out draws
-    n_val = val_obs.shape[0]
-    val_cfm_draws = draw_flow_noise(n_val, bc.cfm_draws, action_dim, generator=val_gen, device=dev)
-    val_elbo_draws = draw_elbo_noise(n_val, max(bc.cfm_draws, 8), action_dim, generator=val_gen, device=dev)
-
-    step, history, train_time = 0, [], 0.0
-    if payload is not None:
-        state = payload["trainer"]
-        actor.load_state_dict(payload["actor"]["state"])
-        optimizer.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        step, history, train_time = int(state["step"]), list(state["history"]), float(state["train_time_s"])
-
-    meta = {
-        "kind": BC_KIND,
-        "env": cc.env,
-        "obs_dim": obs_dim,
-        "action_dim": action_dim,
-        "normalize_obs": cc.normalize_obs,
-        "dataset": {
-            "path": str(demos.path),
-            "dataset_id": demos.dataset_id,
-            "pairs": int(demos.actions.shape[0]),
-            "train_episodes": data.train_episodes,
-            "val_episodes": data.val_episodes,
-            "return_mean": float(demos.episode_returns.mean()),
-        },
-        "config": cfg.model_dump(mode="json"),
-    }
-
-    def checkpoint() -> Path:
-        path = save_checkpoint(
-            checkpoint_path(ckpt_dir, step),
-            {
-                **meta,
-                "actor": {"kwargs": actor_kwargs(cc), "state": actor.state_dict()},
-                "normalizer": None if normalizer is None else normalizer.state_dict(),
-                "trainer": {
-                    "step": step,
-                    "optimizer": optimizer.state_dict(),
-                    "generator": gen.get_state(),
-                    "history": history,
-                    "train_time_s": train_time,
-                },
+        self.generator = torch_generator(cfg.seed, "update", device=dev)  # batches and (tau, eps) draws
+        val_gen = torch_generator(cfg.seed, "probe", device=dev)  # fixed held-out draws
+        n_val = self.val_obs.shape[0]
+        self.val_cfm_draws = draw_flow_noise(n_val, bc.cfm_draws, self.action_dim, generator=val_gen, device=dev)
+        self.val_elbo_draws = draw_elbo_noise(
+            n_val, max(bc.cfm_draws, 8), self.action_dim, generator=val_gen, device=dev
+        )
+        self.meta = {
+            "kind": BC_KIND,
+            "env": cc.env,
+            "obs_dim": self.obs_dim,
+            "action_dim": self.action_dim,
+            "normalize_obs": cc.normalize_obs,
+            "dataset": {
+                "path": str(demos.path),
+                "dataset_id": demos.dataset_id,
+                "pairs": int(demos.actions.shape[0]),
+                "train_episodes": data.train_episodes,
+                "val_episodes": data.val_episodes,
+                "return_mean": float(demos.episode_returns.mean()),
             },
-        )
-        prune_checkpoints(ckpt_dir)
-        _write_history(out, history)
-        return path
+        }
+        self.step = 0
+        self.samples = 0
 
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter() - (history[-1]["time_s"] if history else 0.0)
-    last_path = checkpoint_path(ckpt_dir, step)
-    while step < bc.steps:
-        actor.train()
-        tick = time.perf_counter()
-        rows = torch.randint(obs.shape[0], (bc.batch_size,), generator=gen, device=dev)  # (B,)
-        draws = draw_flow_noise(bc.batch_size, bc.cfm_draws, action_dim, generator=gen, device=dev)
-        loss = bc_loss(actor, obs[rows], actions[rows], draws)
-        grad_norm = float("nan")
+    def _normalized(self, obs: torch.Tensor) -> torch.Tensor:
+        return (self.normalizer(obs) if self.normalizer is not None else obs).float()
+
+    def train_step(self) -> dict[str, float]:
+        """One CFM step on ``bc.batch_size`` pairs drawn with replacement."""
+        bc = self.cfg.control.bc
+        self.actor.train()
+        rows = torch.randint(self.obs.shape[0], (bc.batch_size,), generator=self.generator, device=self.device)
+        draws = draw_flow_noise(bc.batch_size, bc.cfm_draws, self.action_dim, generator=self.generator,
+                                device=self.device)  # fmt: skip
+        loss = bc_loss(self.actor, self.obs[rows], self.actions[rows], draws)
+        metrics = {"loss": float(loss.detach()), "updates": 1.0, "skipped_updates": 1.0, "grad_norm": math.nan}
         if loss_is_finite(loss):
             loss.backward()
-            _, grad_norm = clip_and_step(optimizer, actor.parameters(), cfg.optim.max_grad_norm)
+            applied, metrics["grad_norm"] = clip_and_step(
+                self.optimizer, self.actor.parameters(), self.cfg.optim.max_grad_norm
+            )
+            metrics["skipped_updates"] = float(not applied)
         else:
-            optimizer.zero_grad(set_to_none=True)
-        train_time += time.perf_counter() - tick
-        step += 1
-        last = step == bc.steps
-        row: dict[str, float] = {"step": step, "samples": step * bc.batch_size, "loss": float(loss.detach())}
-        row["grad_norm"] = grad_norm
-        actor.eval()
-        validate = n_val > 0 and (last or (bc.val_every > 0 and step % bc.val_every == 0))
-        evaluate = last or (bc.eval_every > 0 and step % bc.eval_every == 0)
-        if validate:
-            row.update(validation_metrics(actor, val_obs, val_actions, val_cfm_draws, val_elbo_draws))
-        if evaluate:
-            row.update(evaluate_actor(actor, normalizer, cc.env, episodes=bc.eval_episodes, seed=cfg.seed, device=dev))
-        if last or validate or evaluate or step % cfg.train.log_every == 0:
-            row["time_s"] = time.perf_counter() - start
-            history.append(row)
-            if log is not None:
-                log(row)
-        if last or step % bc.checkpoint_every == 0:
-            last_path = checkpoint()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.actor.eval()
+        self.step += 1
+        self.samples += bc.batch_size
+        return metrics
 
-    summary = _summary(history, meta, train_time, step * bc.batch_size, last_path)
-    tmp = out / "bc_summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(out / "bc_summary.json")
-    actor.eval()
-    return BCResult(actor=actor, normalizer=normalizer, history=history, checkpoint=last_path, summary=summary)
+    def evaluate(self) -> dict[str, float]:
+        """``val/cfm_loss`` and ``val/elbo`` on the held-out episodes; the clone's ``eval/return`` in the env at
+        ``bc.eval_every`` steps and at the last."""
+        bc = self.cfg.control.bc
+        out: dict[str, float] = {}
+        if self.val_obs.shape[0] > 0:
+            out.update(validation_metrics(self.actor, self.val_obs, self.val_actions, self.val_cfm_draws,
+                                          self.val_elbo_draws))  # fmt: skip
+        if self.step >= bc.steps or (bc.eval_every > 0 and self.step % bc.eval_every == 0):
+            out.update(evaluate_actor(self.actor, self.normalizer, self.cfg.control.env, episodes=bc.eval_episodes,
+                                      seed=self.cfg.seed, device=self.device))  # fmt: skip
+        return out
 
+    def drift_probe(self) -> dict[str, float]:
+        """Cloning fits someone else's actions: there is no policy gradient to probe."""
+        raise ValueError("behaviour cloning has no drift probe (drift.every must be 0)")
 
-def _summary(history: list[dict], meta: dict, train_time: float, samples: int, path: Path) -> dict[str, Any]:
-    latest: dict[str, float] = {}
-    for row in history:
-        latest.update({k: v for k, v in row.items() if k.startswith(("val/", "eval/"))})
-    return {
-        "env": meta["env"],
-        "dataset": meta["dataset"]["path"],
-        "demo_return_mean": meta["dataset"]["return_mean"],
-        "steps": history[-1]["step"] if history else 0,
-        "samples": samples,
-        "train_time_s": train_time,
-        "train_samples_per_s": samples / train_time if train_time > 0 else float("nan"),
-        "checkpoint": str(path),
-        **latest,
-    }
+    def set_dipod_beta(self, beta: float) -> None:
+        """Cloning has no DiPOD term."""
+        raise ValueError("behaviour cloning has no DiPOD term (adaptive_beta must be unset)")
+
+    def state_dict(self) -> dict[str, Any]:
+        """A BC checkpoint: the clone (for ``load_pretrained_actor``) and what training needs to continue."""
+        return {
+            **self.meta,
+            "actor": {"kwargs": actor_kwargs(self.cfg.control), "state": copy.deepcopy(self.actor.state_dict())},
+            "normalizer": None if self.normalizer is None else copy.deepcopy(self.normalizer.state_dict()),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "generator": self.generator.get_state(),
+            "step": self.step,
+            "samples": self.samples,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], *, restore_envs: bool = True) -> None:
+        """Restore ``state_dict()`` (built from the same config and dataset)."""
+        if state.get("kind") != BC_KIND:
+            raise ValueError(f"not a BC trainer state (kind {state.get('kind')!r})")
+        if state["dataset"]["pairs"] != self.meta["dataset"]["pairs"]:
+            raise ValueError(
+                f"{self.meta['dataset']['path']} now holds {self.meta['dataset']['pairs']} pairs; the run was "
+                f"trained on {state['dataset']['pairs']}"
+            )
+        self.actor.load_state_dict(state["actor"]["state"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.step, self.samples = int(state["step"]), int(state["samples"])
+
+    def close(self) -> None:
+        """Nothing held open."""
 
 
 # --------------------------------------------------------------------------- RL from the clone
@@ -445,7 +370,8 @@ def load_pretrained_actor(
     actor architecture that differs from the config's (``ARCHITECTURE_KEYS``) or another
     ``normalize_obs``. The sampler's step count is a sampling setting, so ``control.sampling_steps`` wins.
     """
-    file, payload = _resolve_bc_checkpoint(path)
+    file, checkpoint = _resolve_bc_checkpoint(path)
+    payload = checkpoint.get("trainer", checkpoint)  # a run directory's checkpoint holds the BC state as its trainer
     if payload.get("kind") != BC_KIND:
         raise CheckpointError(f"checkpoint {file} is not a BC checkpoint (kind {payload.get('kind')!r})")
     problems = []

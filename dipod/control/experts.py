@@ -52,9 +52,10 @@ def _checkpoint_file(path: str | Path) -> tuple[Path, dict]:
 def load_run_actor(path: str | Path, *, device: torch.device | str = "cpu") -> RunActor:
     """The actor of a control run's or a BC run's checkpoint (a file, or a run directory: its newest one)."""
     file, payload = _checkpoint_file(path)
-    if payload.get("kind") == BC_KIND:
-        pre = load_pretrained_actor(file, payload["obs_dim"], payload["action_dim"], device=device)
-        return RunActor(pre.actor, pre.normalizer, pre.env, file, int(payload["trainer"]["step"]))
+    bc_state = payload.get("trainer", {})
+    if isinstance(bc_state, dict) and bc_state.get("kind") == BC_KIND:  # a BC run's checkpoint
+        pre = load_pretrained_actor(file, bc_state["obs_dim"], bc_state["action_dim"], device=device)
+        return RunActor(pre.actor, pre.normalizer, pre.env, file, int(bc_state["step"]))
     if "config" not in payload or "actor" not in payload["trainer"]:
         raise ValueError(f"checkpoint {file} holds no run config or actor; it is not a control run's checkpoint")
     cfg = RunConfig.model_validate(payload["config"])

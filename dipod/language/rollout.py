@@ -56,19 +56,9 @@ class ExampleSource:
 
     def generate(self, n: int, rng: np.random.Generator) -> list[Any]:
         """``n`` fresh examples from the task's generator with the configured difficulty."""
-        d = self.data
         if self.task.generate is None:
             raise ValueError(f"task {self.task.name!r} has no generator; set language.data.train_path/eval_path")
-        if self.task.name == "sudoku":
-            made = self.task.generate(n, rng, min_blanks=d.sudoku_min_blanks, max_blanks=d.sudoku_max_blanks)
-        elif self.task.name == "countdown":
-            made = self.task.generate(
-                n, rng, num_numbers=d.countdown_numbers, max_number=d.countdown_max_number,
-                max_target=d.countdown_max_target,
-            )  # fmt: skip
-        else:
-            made = self.task.generate(n, rng)
-        return self._graded(made)
+        return self._graded(self.task.generate(n, rng, **self.task.generate_options(self.data)))
 
     def draw(self, n: int, rng: np.random.Generator) -> list[Any]:
         """``n`` training examples: generated, or drawn uniformly with replacement from the file."""

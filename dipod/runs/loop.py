@@ -122,7 +122,10 @@ def _config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") 
 
 def _comparable(cfg: RunConfig) -> dict[str, Any]:
     data = cfg.model_dump(mode="json")
-    data["train"].pop("steps")  # extending a finished run is allowed
+    data["train"].pop("steps")  # extending a finished run is allowed, whichever section sets its length:
+    for section, lengths in (("language", "sft"), ("control", "bc")):  # SFT and BC runs take theirs from there
+        if isinstance(data.get(section), dict):
+            data[section][lengths].pop("steps", None)
     return data
 
 

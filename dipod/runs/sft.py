@@ -1,14 +1,22 @@
-"""Supervised pre-training through the one run loop: ``dipod sft``'s run, and the model it leaves behind."""
+"""Supervised pre-training through the one run loop: ``dipod sft``'s runs and the policies they leave behind.
+
+Language: the masked-diffusion loss on a task's reference completions (``SFTTrainer``). Control: behaviour
+cloning of a flow policy on demonstrations (``BCTrainer``), whose checkpoints an RL run starts from
+(``control.init_from``).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dipod.control.bc import BCTrainer, bc_run_config
+from dipod.control.config import ControlRunConfig
 from dipod.language.config import LanguageRunConfig
 from dipod.language.sft import SFTTrainer, sft_run_config
 from dipod.runs.hooks import StatelessHook
@@ -59,3 +67,34 @@ def train_sft(
             run_training(cfg, where, trainer_factory=factory, resume=resume, quiet=quiet, hooks=[export])
         rows = read_metrics(where / "metrics.jsonl")
     return export.model if export.model is not None else built[-1].model, built[-1].tokenizer, rows
+
+
+@dataclass
+class BCResult:
+    """What ``train_bc`` leaves: the clone, its normaliser, the metric rows and the run directory."""
+
+    actor: Any
+    normalizer: Any
+    rows: list[dict[str, Any]]
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+def train_bc(
+    cfg: ControlRunConfig, *, out_dir: str | Path, resume: Resume = "never", quiet: bool = True
+) -> BCResult:
+    """Clone ``cfg``'s demonstrations (``control.bc``) into a flow policy; ``out_dir`` becomes the run directory
+    (metrics.jsonl with ``loss``, ``val/cfm_loss``, ``val/elbo``, ``eval/return``; checkpoints/ that
+    ``control.init_from`` and ``load_pretrained_actor`` read)."""
+    cfg = bc_run_config(cfg)
+    built: list[BCTrainer] = []
+
+    def factory(run_cfg: ControlRunConfig) -> BCTrainer:
+        built.append(BCTrainer(run_cfg))
+        return built[-1]
+
+    with torch.random.fork_rng(devices=[]):
+        result = run_training(cfg, out_dir, trainer_factory=factory, resume=resume, quiet=quiet)
+    trainer = built[-1]
+    rows = read_metrics(Path(out_dir) / "metrics.jsonl")
+    return BCResult(trainer.actor, trainer.normalizer, rows, Path(out_dir), result.summary)

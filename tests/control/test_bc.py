@@ -8,16 +8,19 @@ pytest.importorskip("minari")
 pytest.importorskip("jax")
 
 from dipod.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
+from dipod.config import ConfigError
 from dipod.control.bc import (
     actor_policy_fn,
     evaluate_actor,
     fit_normalizer,
     load_pretrained_actor,
-    train_bc,
 )
-from dipod.control.demos import DemonstrationError, collect_demonstrations, load_demonstrations
+from dipod.control.demos import collect_demonstrations, load_demonstrations
 from dipod.control.policy import FlowPolicy
 from dipod.runs.config import validate_config
+from dipod.runs.loop import RunDirError
+from dipod.runs.sft import train_bc
+from dipod.seeding import torch_generator
 
 ENV = "Pendulum-v1"
 
@@ -53,7 +56,7 @@ def _flat(actor: torch.nn.Module) -> torch.Tensor:
 
 def test_bc_learns_the_experts_actions(demos_path, tmp_path):
     cfg = _cfg(demos_path, steps=400, batch_size=64, lr=3e-3, val_fraction=0.2, val_every=400)
-    before = FlowPolicy(3, 1, hidden=(32, 32), sampling_steps=4, generator=torch.Generator().manual_seed(4000))
+    before = FlowPolicy(3, 1, hidden=(32, 32), sampling_steps=4, generator=torch_generator(cfg.seed, "init"))
     result = train_bc(cfg, out_dir=tmp_path / "run")
     demos = load_demonstrations(demos_path)
     obs = torch.from_numpy(demos.obs)
@@ -64,16 +67,17 @@ def test_bc_learns_the_experts_actions(demos_path, tmp_path):
     err, err0 = (cloned - target).abs().mean().item(), (untrained - target).abs().mean().item()
     assert err < 0.25 * err0 and err < 0.2, (err, err0)
     # Held-out loss went down too, and the last row carries validation and evaluation metrics.
-    last = result.history[-1]
+    last = result.rows[-1]
     assert {"val/cfm_loss", "val/elbo", "eval/return", "eval/length"} <= set(last)
-    assert last["val/cfm_loss"] < 0.5 * result.history[0]["loss"]
-    assert result.summary["train_samples_per_s"] > 0
-    assert (tmp_path / "run" / "bc_history.jsonl").is_file() and (tmp_path / "run" / "bc_summary.json").is_file()
+    assert last["val/cfm_loss"] < 0.5 * result.rows[0]["loss"]
+    assert result.summary["status"] == "completed" and result.summary["samples"] == 400 * 64
+    assert (tmp_path / "run" / "metrics.jsonl").is_file() and (tmp_path / "run" / "summary.json").is_file()
 
 
 def test_normaliser_is_fitted_on_the_training_episodes_and_saved(demos_path, tmp_path):
     result = train_bc(_cfg(demos_path, val_fraction=0.4), out_dir=tmp_path / "run")
-    payload = load_checkpoint(result.checkpoint)
+    checkpoint = list_checkpoints(tmp_path / "run" / "checkpoints")[-1]
+    payload = load_checkpoint(checkpoint)["trainer"]
     demos = load_demonstrations(demos_path)
     train_eps = payload["dataset"]["train_episodes"]
     assert len(train_eps) == 18 and len(payload["dataset"]["val_episodes"]) == 12
@@ -84,7 +88,7 @@ def test_normaliser_is_fitted_on_the_training_episodes_and_saved(demos_path, tmp
     loaded = load_pretrained_actor(tmp_path / "run", 3, 1, expected_env=ENV)
     torch.testing.assert_close(loaded.normalizer.mean, result.normalizer.mean)
     assert torch.equal(_flat(loaded.actor), _flat(result.actor))
-    assert loaded.path == result.checkpoint and loaded.env == ENV
+    assert loaded.path == checkpoint and loaded.env == ENV
 
 
 def test_resume_continues_bit_for_bit(demos_path, tmp_path):
@@ -95,11 +99,11 @@ def test_resume_continues_bit_for_bit(demos_path, tmp_path):
 
     # Same rows except the end-of-run evaluation the shorter run added at step 20, and wall times.
     def strip(history):
-        return [{k: v for k, v in r.items() if k != "time_s" and not k.startswith("eval/")} for r in history]
+        return [{k: v for k, v in r.items() if k != "time_s" and not k.startswith(("eval/", "val/"))} for r in history]
 
-    assert strip(straight.history) == strip(resumed.history)
+    assert strip(straight.rows) == strip(resumed.rows)
     assert len(list_checkpoints(tmp_path / "b" / "checkpoints")) <= 3
-    with pytest.raises(FileExistsError, match="already holds a BC run"):
+    with pytest.raises(RunDirError, match="already holds a run"):
         train_bc(_cfg(demos_path, steps=40), out_dir=tmp_path / "b")
     with pytest.raises(ValueError, match=r"control.bc.lr: checkpoint 0.001, now 0.002"):
         train_bc(_cfg(demos_path, steps=40, lr=2e-3), out_dir=tmp_path / "b", resume=True)
@@ -108,20 +112,21 @@ def test_resume_continues_bit_for_bit(demos_path, tmp_path):
 def test_bad_input_fails_before_any_work(demos_path, tmp_path):
     hopper = _cfg(demos_path).model_copy(deep=True)
     hopper.control.env = "Hopper-v5"
-    with pytest.raises(DemonstrationError, match=r"observation shape \(3,\) does not match Hopper-v5's \(11,\)"):
+    with pytest.raises(ConfigError, match=r"observation shape \(3,\) does not match Hopper-v5's \(11,\)"):
         train_bc(hopper, out_dir=tmp_path / "hopper")
-    with pytest.raises(FileNotFoundError, match="never downloaded"):
+    with pytest.raises(ConfigError, match="never downloaded"):
         train_bc(_cfg(tmp_path / "missing"), out_dir=tmp_path / "missing_run")
     no_data = _cfg(demos_path).model_copy(deep=True)
     no_data.control.bc.dataset = None
-    with pytest.raises(ValueError, match=r"control\.bc\.dataset is not set"):
+    with pytest.raises(ConfigError, match=r"control\.bc\.dataset is not set"):
         train_bc(no_data, out_dir=tmp_path / "none")
-    assert not any((tmp_path / d).exists() for d in ("hopper", "missing_run", "none"))
+    # named before any step: no metrics, no checkpoint
+    assert not any((tmp_path / d / "metrics.jsonl").exists() for d in ("hopper", "missing_run", "none"))
 
 
 def test_load_pretrained_actor_refuses_a_checkpoint_that_does_not_fit(demos_path, tmp_path):
-    result = train_bc(_cfg(demos_path, steps=5), out_dir=tmp_path / "run")
-    ckpt = result.checkpoint
+    train_bc(_cfg(demos_path, steps=5), out_dir=tmp_path / "run")
+    ckpt = list_checkpoints(tmp_path / "run" / "checkpoints")[-1]
     with pytest.raises(ValueError, match=rf"{ckpt}.*env 'Pendulum-v1', config 'Hopper-v5'") as err:
         load_pretrained_actor(ckpt, 11, 3, expected_env="Hopper-v5")
     assert "observation size 3, env 11" in str(err.value) and "action size 1, env 3" in str(err.value)

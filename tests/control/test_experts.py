@@ -7,7 +7,7 @@ import torch
 pytest.importorskip("minari")
 pytest.importorskip("jax")
 
-from dipod.checkpoints import checkpoint_path, save_checkpoint
+from dipod.checkpoints import checkpoint_path, list_checkpoints, save_checkpoint
 from dipod.control.demos import collect_demonstrations, load_demonstrations
 from dipod.control.experts import expert_policy_fn, load_run_actor
 from dipod.control.trainer import ControlTrainer
@@ -63,7 +63,7 @@ def test_not_a_control_checkpoint(tmp_path):
 
 
 def test_a_bc_checkpoint_is_an_expert(tmp_path):
-    from dipod.control.bc import train_bc
+    from dipod.runs.sft import train_bc
 
     collect_demonstrations("Pendulum-v1", lambda o: np.zeros(1, np.float32), episodes=3, out=tmp_path / "d",
                            max_episode_steps=10)  # fmt: skip
@@ -73,5 +73,6 @@ def test_a_bc_checkpoint_is_an_expert(tmp_path):
     )  # fmt: skip
     result = train_bc(cfg, out_dir=tmp_path / "bc")
     loaded = load_run_actor(tmp_path / "bc")
-    assert loaded.step == 3 and loaded.path == result.checkpoint and loaded.env == "Pendulum-v1"
+    newest = list_checkpoints(tmp_path / "bc" / "checkpoints")[-1]
+    assert loaded.step == 3 and loaded.path == newest and loaded.env == "Pendulum-v1"
     assert all(torch.equal(a, b) for a, b in zip(loaded.actor.parameters(), result.actor.parameters(), strict=True))

@@ -38,6 +38,8 @@ class Task(Generic[E]):
     """(n, rng) -> n fresh examples, where the task can be generated."""
     sample_file: str
     """File name of the shipped sample under dipod/assets/data/."""
+    generate_options: Callable[[Any], dict[str, Any]] = lambda data: {}
+    """``DataConfig`` -> keyword arguments of ``generate`` (difficulty settings such as Sudoku's blanks)."""
     with_data_options: Callable[[E, Any], E] | None = None
     """(example, ``DataConfig``) -> the example carrying the grading choices the data config makes
     (GSM8K: exact or numeric); None where the task has none. ``rollout.ExampleSource`` applies it."""

@@ -179,5 +179,10 @@ TASK = Task(
     reward=reward,
     accuracy=accuracy,
     generate=generate,
+    generate_options=lambda data: {
+        "num_numbers": data.countdown_numbers,
+        "max_number": data.countdown_max_number,
+        "max_target": data.countdown_max_target,
+    },
     sample_file="countdown.jsonl",
 )

@@ -193,5 +193,6 @@ TASK = Task(
     reward=reward,
     accuracy=accuracy,
     generate=generate,
+    generate_options=lambda data: {"min_blanks": data.sudoku_min_blanks, "max_blanks": data.sudoku_max_blanks},
     sample_file="sudoku_4x4.csv",
 )
