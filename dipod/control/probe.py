@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from dipod.bounds.flow import FlowDraws, cfm_elbo, cfm_loss, euler_loglik
+from dipod.bounds.flow import ELBO_TAU_MIN, FlowDraws, cfm_elbo, cfm_loss, draw_elbo_noise, euler_loglik, flow_elbo
 from dipod.control.policy import FlowPolicy
 from dipod.diagnostics.drift import gap, grad_cosine, true_pg_loss
 from dipod.objectives import ObjectiveParams, get_objective
@@ -16,17 +16,22 @@ from dipod.objectives import ObjectiveParams, get_objective
 
 def flow_drift_metrics(
     actor: FlowPolicy, obs: torch.Tensor, actions: torch.Tensor, adv: torch.Tensor, draws: FlowDraws,
-    params: ObjectiveParams,
+    params: ObjectiveParams, elbo_draws: FlowDraws | None = None,
 ) -> dict[str, float]:  # fmt: skip
-    """Drift metrics of a flow policy on a probe batch of (obs, env-unit action, advantage).
+    """Drift metrics of a flow policy on a probe batch of (obs, env-unit action, advantage), in the flow's
+    scaled action units.
 
-    ``drift/elbo`` is the CFM surrogate -mean_N l_i in the flow's scaled action units, which equals the
-    flow ELBO only up to a positive weight and a constant, so ``drift/gap`` against the exact Euler
-    log-likelihood is meaningful as a trend (its change over training), not as an absolute number.
-    ``drift/grad_cosine`` compares the objective's PG loss at rho = 1 with -mean(A * log pi), log pi exact.
+    - ``drift/elbo``: the weighted flow ELBO (``flow_elbo``: the Gaussian-path bound with its per-tau weight
+      and constants) on ``elbo_draws``, so ``drift/gap`` = exact Euler log-likelihood - ELBO has a level in
+      nats. The bound is on the stochastic sampler the flow defines, not on the Euler ODE sampler, so single
+      samples can read negative; the batch mean is the figure to read.
+    - ``drift/cfm_surrogate`` and ``drift/cfm_gap``: the objectives' surrogate -mean_N l_i, the ELBO only up
+      to weight and constant (meaningful as a trend), and log-likelihood minus it.
+    - ``drift/grad_cosine``: the objective's PG loss at rho = 1 against -mean(A * log pi), log pi exact.
 
     Args:
-        obs: (B, S). actions: (B, A) env units. adv: (B,). draws: N (tau, eps) pairs per sample.
+        obs: (B, S). actions: (B, A) env units. adv: (B,). draws: N (tau, eps) pairs per sample (the
+        objective's); elbo_draws: (tau, eps) from ``draw_elbo_noise`` (None: no weighted ELBO).
     """
     parameters = [p for p in actor.parameters() if p.requires_grad]
     objective = get_objective("control", params.name)
@@ -36,21 +41,32 @@ def flow_drift_metrics(
         pg_loss = objective.fn(cfm, cfm.detach(), adv, params).loss
         loglik = euler_loglik(actor.velocity, obs, scaled, actor.sampling_steps)  # (B,)
         cos = grad_cosine(pg_loss, true_pg_loss(loglik, adv), parameters)
-    elbo = cfm_elbo(cfm.detach())
+    surrogate = cfm_elbo(cfm.detach())  # (B,)
     loglik = loglik.detach()
-    return {
-        "drift/elbo": float(elbo.mean()),
+    metrics = {
         "drift/loglik": float(loglik.mean()),
-        "drift/gap": float(gap(loglik, elbo).mean()),
+        "drift/cfm_surrogate": float(surrogate.mean()),
+        "drift/cfm_gap": float(gap(loglik, surrogate).mean()),
         "drift/grad_cosine": cos,
     }
+    if elbo_draws is not None:
+        with torch.no_grad():
+            weighted = flow_elbo(
+                cfm_loss(actor.velocity, obs, scaled, elbo_draws), elbo_draws.tau, scaled,
+                tau_min=ELBO_TAU_MIN, tau_max=1.0,
+            )  # fmt: skip  # (B,)
+        metrics.update({"drift/elbo": float(weighted.mean()), "drift/gap": float(gap(loglik, weighted).mean())})
+    return metrics
 
 
 def control_drift_probe(
     actor: FlowPolicy, obs: torch.Tensor, actions: torch.Tensor, adv: torch.Tensor, params: ObjectiveParams,
     num_draws: int, generator: torch.Generator,
 ) -> dict[str, float]:  # fmt: skip
-    """``flow_drift_metrics`` with fresh (tau, eps) draws from the policy's own noise draw (``draw_noise``),
-    the same the trainer stores for its updates, taken from the probe's generator."""
+    """``flow_drift_metrics`` with fresh (tau, eps) draws from the policy's own noise draw (``draw_noise``), the
+    same the trainer stores for its updates, and the weighted ELBO's draws, both from the probe's generator."""
     noise = actor.draw_noise(obs.shape[0], num_draws, generator)
-    return flow_drift_metrics(actor, obs, actions, adv, FlowDraws(noise["tau"], noise["eps"]), params)
+    elbo_draws = draw_elbo_noise(
+        obs.shape[0], max(num_draws, 8), actor.action_dim, generator=generator, device=generator.device
+    )
+    return flow_drift_metrics(actor, obs, actions, adv, FlowDraws(noise["tau"], noise["eps"]), params, elbo_draws)

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from dipod.advantages import gae
+from dipod.checkpoints import CheckpointError
+from dipod.control.bc import load_pretrained_actor
 from dipod.control.config import ControlRunConfig
 from dipod.control.envs import (
     check_env,
@@ -90,6 +92,8 @@ class ControlTrainer:
                 generator=init_gen,
             )
         self.actor.to(self.device)
+        if cc.init_from is not None:
+            self._start_from_clone(cc.init_from)
         self.critic = Critic(self.obs_dim, hidden=cc.critic_hidden, activation=cc.activation, generator=init_gen)
         self.critic.to(self.device)
         self.optimizer = self._make_optimizer()
@@ -104,6 +108,19 @@ class ControlTrainer:
         self.self_distill_time_s = 0.0
 
     # ------------------------------------------------------------------ construction helpers
+
+    def _start_from_clone(self, path: str) -> None:
+        """Take the actor and the observation normaliser of a BC checkpoint (``dipod sft`` of a control config);
+        one from another env, of other sizes or another architecture is refused, naming the file."""
+        try:
+            pre = load_pretrained_actor(
+                path, self.obs_dim, self.action_dim, expected_env=self.cc.env, control=self.cc, device=self.device
+            )
+        except CheckpointError as exc:
+            raise ValueError(f"control.init_from = {path!r}: {exc}") from None
+        self.actor = pre.actor.train(False)
+        if pre.normalizer is not None:
+            self.normalizer.load_state_dict(pre.normalizer.state_dict())
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         o = self.cfg.optim
@@ -319,7 +336,9 @@ class ControlTrainer:
         adv = self._normalize_adv(mb["adv"]) if self.cc.adv_norm == "minibatch" else mb["adv"]
         new = self.actor.score(mb["obs"], mb["actions"], {k: mb[k] for k in self._noise_keys})
         out = self.objective.fn(new, mb["old"], adv, self.cfg.objective)
-        if self.dipod_beta > 0:  # the config allows it only for objectives with an ELBO (out.elbo)
+        if self.step < self.cc.critic_warmup_iterations:  # DPPO's critic warm-up: the critic fits, the actor gets
+            out = LossOut(out.loss.detach() * 0.0, out.stats, out.elbo)  # no gradient at all (AdamW skips it)
+        elif self.dipod_beta > 0:  # the config allows it only for objectives with an ELBO (out.elbo)
             out = out + dipod_term(out.elbo, self.dipod_beta * self._dipod_factor)
         value_loss = 0.5 * (self.critic(mb["obs"]) - mb["returns"]).pow(2).mean()
         return out, value_loss

@@ -165,3 +165,31 @@ def test_config_fields_for_pretraining():
         validate_config({"domain": "control", "control": {"env": ENV, "policy": "gaussian", "init_from": "x.pt"}})
     with pytest.raises(ValueError, match="val_fraction"):
         validate_config({"domain": "control", "control": {"env": ENV, "bc": {"val_fraction": 1.0}}})
+
+
+def test_rl_starts_from_the_clone_and_the_critic_warms_up_first(demos_path, tmp_path):
+    from dipod.control.trainer import ControlTrainer
+
+    train_bc(_cfg(demos_path, steps=5), out_dir=tmp_path / "bc")
+    rl = validate_config(
+        {"domain": "control", "seed": 0, "objective": {"name": "fpo_pp", "dipod_beta": 0.05},
+         "control": {"env": ENV, "actor_hidden": [32, 32], "sampling_steps": 4, "num_envs": 2, "rollout_steps": 8,
+                     "num_minibatches": 2, "update_epochs": 1, "init_from": str(tmp_path / "bc"),
+                     "critic_warmup_iterations": 1}}
+    )  # fmt: skip
+    trainer = ControlTrainer(rl)
+    clone = load_pretrained_actor(tmp_path / "bc", 3, 1)
+    assert torch.equal(_flat(trainer.actor), _flat(clone.actor))
+    torch.testing.assert_close(trainer.normalizer.mean, clone.normalizer.mean)
+    critic_before = _flat(trainer.critic)
+    trainer.train_step()  # warm-up: only the critic moves
+    assert torch.equal(_flat(trainer.actor), _flat(clone.actor)) and not torch.equal(
+        _flat(trainer.critic), critic_before
+    )
+    trainer.train_step()
+    assert not torch.equal(_flat(trainer.actor), _flat(clone.actor))
+    trainer.close()
+    other = rl.model_copy(deep=True)
+    other.control.actor_hidden = (64, 64)
+    with pytest.raises(ValueError, match=r"control.actor_hidden \(32, 32\), config \(64, 64\)"):
+        ControlTrainer(other)

@@ -28,9 +28,14 @@ def dipod(*args: object, fake: bool = True, **env: str) -> subprocess.CompletedP
     return subprocess.run(cmd, capture_output=True, text=True, env=cli_env(**env), timeout=300, cwd=ROOT)
 
 
+def untimed(metrics: dict) -> dict:
+    """``metrics`` without its wall-clock figures (time_s, time/*, drift/seconds): what a rerun reproduces."""
+    return {k: v for k, v in metrics.items() if k not in ("time_s", "drift/seconds") and not k.startswith("time/")}
+
+
 def rows_without_time(run_dir: Path) -> list[dict]:
     lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in ("time_s", "drift/seconds")} for line in lines]
+    return [untimed(json.loads(line)) for line in lines]
 
 
 def wait_for_rows(path: Path, count: int, proc: subprocess.Popen, timeout: float = 120) -> bool:

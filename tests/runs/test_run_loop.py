@@ -16,6 +16,7 @@ from dipod.runs import BadStepsError, run_training
 from dipod.runs.config import load_config
 from dipod.runs.loop import RunDirError, is_bad_step, nonfinite_tensors
 from dipod.runs.metrics import read_metrics
+from tests.runs.cli_helpers import untimed
 from tests.runs.fake_trainer import FakeTrainer, fake_config
 
 
@@ -36,8 +37,8 @@ def crashing_at(step):
 
 
 def _without_time(rows):
-    """Rows without their wall-clock fields (time_s, drift/seconds)."""
-    return [{k: v for k, v in r.items() if k not in ("time_s", "drift/seconds")} for r in rows]
+    """Rows without their wall-clock fields (time_s, time/*, drift/seconds)."""
+    return [untimed(r) for r in rows]
 
 
 def test_run_dir_contents(tmp_path):
