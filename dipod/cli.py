@@ -150,6 +150,39 @@ def sft(
     typer.echo(f"sft finished: model and tokenizer in {out}{final}")
 
 
+@app.command()
+def collect(
+    run: Annotated[Path, typer.Argument(help="Control run directory or checkpoint whose policy is the expert.")],
+    out: Annotated[Path, typer.Option("--out", help="New Minari dataset directory.")],
+    episodes: Annotated[int, typer.Option("--episodes", min=1, help="Episodes to record.")] = 50,
+    noise: Annotated[
+        float, typer.Option("--noise", min=0.0, help="Action noise std, as a fraction of the action box's half-width.")
+    ] = 0.0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seeds the episodes' resets and the noise.")] = 0,
+    max_episode_steps: Annotated[int | None, typer.Option("--max-episode-steps", min=1)] = None,
+) -> None:
+    """Record demonstrations of a trained policy into a local Minari dataset (for ``dipod sft`` of a control config).
+
+    A partly trained run with some --noise gives "medium" data, D4RL-style. Nothing is uploaded or downloaded.
+    """
+    from dipod.checkpoints import CheckpointError
+    from dipod.control.demos import DemonstrationError, collect_demonstrations
+    from dipod.control.experts import expert_policy_fn
+
+    try:
+        policy, expert = expert_policy_fn(run, seed=seed)
+        summary = collect_demonstrations(
+            expert.env, policy, episodes=episodes, out=out, action_noise=noise, seed=seed,
+            max_episode_steps=max_episode_steps, description=f"dipod collect {run} (step {expert.step}, noise {noise})",
+        )  # fmt: skip
+    except (FileNotFoundError, FileExistsError, CheckpointError, DemonstrationError, ValueError) as exc:
+        raise _fail(str(exc), EXIT_CONFIG) from None
+    typer.echo(
+        f"collected {summary.episodes} episodes ({summary.steps} steps, return {summary.return_mean:.1f} ± "
+        f"{summary.return_std:.1f}) into {summary.path} in {summary.seconds:.1f} s"
+    )
+
+
 def _load_target(target: Path) -> tuple[Path, dict, Path | None]:
     """(checkpoint file, its payload, run dir or None) for a checkpoint path or a run directory.
 

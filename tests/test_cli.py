@@ -231,3 +231,29 @@ def test_several_overrides_after_one_set_flag():
         "b=2",
         "c.yaml",
     ]
+
+
+def test_collect_then_clone_then_fine_tune(tmp_path):
+    """The pretrain -> fine-tune path from the command line: a run's policy records demonstrations, dipod sft
+    clones them into a flow policy, and an RL run starts from the clone; a clone of another env is refused."""
+    pytest.importorskip("minari")
+    pytest.importorskip("jax")
+    pendulum = ROOT / "configs" / "control" / "pendulum_fpo_pp.yaml"
+    tiny = ["control.num_envs=4", "control.rollout_steps=16"]
+    expert = dipod("train", pendulum, "--set", "train.steps=1", *tiny, "--out", tmp_path / "expert", "-q", fake=False)
+    assert expert.returncode == 0, expert.stderr
+    collected = dipod("collect", tmp_path / "expert", "--out", tmp_path / "demos", "--episodes", "2",
+                      "--noise", "0.1", "--max-episode-steps", "20", fake=False)  # fmt: skip
+    assert collected.returncode == 0 and "collected 2 episodes (40 steps" in collected.stdout, collected.stderr
+    bc = tmp_path / "bc.yaml"
+    bc.write_text(f"base: {pendulum}\nname: bc\ncontrol:\n  bc: {{dataset: {tmp_path / 'demos'}, steps: 4, "
+                  "batch_size: 16, val_every: 2, eval_episodes: 1}\n")  # fmt: skip
+    cloned = dipod("sft", bc, "--out", tmp_path / "bc", "-q", fake=False)
+    assert cloned.returncode == 0 and "bc finished" in cloned.stdout, cloned.stderr
+    tuned = dipod("train", pendulum, "--set", "train.steps=1", *tiny, f"control.init_from={tmp_path / 'bc'}",
+                  "control.critic_warmup_iterations=1", "--out", tmp_path / "rl", "-q", fake=False)  # fmt: skip
+    assert tuned.returncode == 0, tuned.stderr
+    hopper = ROOT / "configs" / "control" / "hopper_fpo_pp.yaml"
+    refused = dipod("train", hopper, "--set", f"control.init_from={tmp_path / 'bc'}", "--out", tmp_path / "h",
+                    fake=False)  # fmt: skip
+    assert refused.returncode == 2 and "env 'Pendulum-v1', config 'Hopper-v5'" in refused.stderr

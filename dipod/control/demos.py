@@ -202,7 +202,7 @@ def collect_demonstrations(
     from minari import DataCollector
     from minari.dataset.minari_dataset import parse_dataset_id
 
-    out = Path(out)
+    out = Path(out).resolve()  # Minari works under its own root: a relative path would be taken twice
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if action_noise < 0:

@@ -80,9 +80,7 @@ class BCResult:
     summary: dict[str, Any]
 
 
-def train_bc(
-    cfg: ControlRunConfig, *, out_dir: str | Path, resume: Resume = "never", quiet: bool = True
-) -> BCResult:
+def train_bc(cfg: ControlRunConfig, *, out_dir: str | Path, resume: Resume = "never", quiet: bool = True) -> BCResult:
     """Clone ``cfg``'s demonstrations (``control.bc``) into a flow policy; ``out_dir`` becomes the run directory
     (metrics.jsonl with ``loss``, ``val/cfm_loss``, ``val/elbo``, ``eval/return``; checkpoints/ that
     ``control.init_from`` and ``load_pretrained_actor`` read)."""
