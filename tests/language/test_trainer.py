@@ -408,3 +408,11 @@ def test_step_time_is_split_into_rollout_score_and_update(tiny_cfg):
     metrics = LanguageTrainer(tiny_cfg).train_step()
     assert all(metrics[k] > 0 for k in ("time/rollout", "time/score", "time/update"))
     assert metrics["nfe_per_row"] > 0
+
+
+def test_what_would_fail_at_the_first_step_fails_before_it():
+    # prompts (16 digits + specials) + gen_length 32 > the tiny model's 32 positions
+    with pytest.raises(ValueError, match=r"language.sampler.gen_length = 32 = \d+ positions, but the model has 32"):
+        LanguageTrainer(tiny_config(language={"sampler": {"gen_length": 32, "block_length": 32, "steps": 4}}))
+    with pytest.raises(ValueError, match="has no chat template; set language.data.chat_template=false"):
+        LanguageTrainer(tiny_config(language={"data": {"chat_template": True}}))

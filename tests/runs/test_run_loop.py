@@ -271,3 +271,13 @@ def test_adaptive_beta_from_the_config_is_resumable(tmp_path):
         read_metrics(tmp_path / "full" / "metrics.jsonl")
     )
     assert full.status == "completed"
+
+
+def test_resume_of_a_directory_without_a_run_is_an_error_and_auto_resume_starts(tmp_path):
+    cfg = fake_config(steps=2)
+    with pytest.raises(RunDirError, match=r"--resume: .*empty holds no checkpoint to continue"):
+        run_training(cfg, tmp_path / "empty", trainer_factory=FakeTrainer, quiet=True, resume=True)
+    assert not (tmp_path / "empty" / "metrics.jsonl").exists()
+    first = run_training(cfg, tmp_path / "auto", trainer_factory=FakeTrainer, quiet=True, resume="auto")
+    again = run_training(cfg, tmp_path / "auto", trainer_factory=FakeTrainer, quiet=True, resume="auto")
+    assert first.step == again.step == 2  # the second call found the finished run and had nothing left to do
