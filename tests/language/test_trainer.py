@@ -414,5 +414,5 @@ def test_what_would_fail_at_the_first_step_fails_before_it():
     # prompts (16 digits + specials) + gen_length 32 > the tiny model's 32 positions
     with pytest.raises(ValueError, match=r"language.sampler.gen_length = 32 = \d+ positions, but the model has 32"):
         LanguageTrainer(tiny_config(language={"sampler": {"gen_length": 32, "block_length": 32, "steps": 4}}))
-    with pytest.raises(ValueError, match="has no chat template; set language.data.chat_template=false"):
+    with pytest.raises(ValueError, match=r"has no chat template; set language\.data\.chat_template=false"):
         LanguageTrainer(tiny_config(language={"data": {"chat_template": True}}))
