@@ -1,7 +1,7 @@
 """Behaviour-cloning throughput: (obs, action) pairs per second of ``train_bc`` on Hopper-v5 demonstrations.
 
 The demonstrations are recorded on the spot (a fixed linear expert with action noise; throughput does not
-depend on their quality). ``train_samples_per_s`` is train_bc's own figure (optimiser steps only, without
+depend on their quality). ``train_samples_per_s`` is the whole BC run's pairs per second on the one loop (its checkpoint and end-of-run evaluation included; formerly optimiser steps only, without
 validation, evaluation and checkpoints); the reference is a bare loop of the same steps (batch gather,
 (tau, eps) draws, CFM forward + backward, AdamW) on the same data, timed in the same run.
 """
@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from dipod.bounds.flow import draw_flow_noise
-from dipod.config import validate_config
-from dipod.control.bc import train_bc
 from dipod.control.demos import collect_demonstrations, load_demonstrations
 from dipod.control.policy import FlowPolicy
+from dipod.runs.config import validate_config
+from dipod.runs.sft import train_bc
 
 ENV = "Hopper-v5"
 
@@ -67,7 +67,7 @@ def run(quick: bool) -> dict:
         bare_before = _bare_steps(data, steps, batch, draws)
         result = train_bc(cfg, out_dir=Path(tmp) / "run")
         bare = 0.5 * (bare_before + _bare_steps(data, steps, batch, draws))
-        bc_sps = result.summary["train_samples_per_s"]
+        bc_sps = result.summary["samples"] / result.summary["time_s"]  # the whole run: checkpoint, final evaluation
         pairs = load_demonstrations(data).actions.shape[0]
     return {
         "figures": {

@@ -8,7 +8,7 @@ sample ``probe_size`` fresh completions, then ``language_drift_probe`` with the 
 
 Without ``--quick`` the headline figure comes from the real ``LanguageTrainer`` on the shipped tiny
 Sudoku config (configs/language/sudoku_fpo_dipod.yaml, drift defaults): its ``train_step`` against
-``language_trainer_drift_probe`` (fresh completions from the probe's own streams); the synthetic
+``LanguageTrainer.drift_probe`` (fresh completions from the probe's own streams); the synthetic
 set-up is then reported as ``synthetic_overhead_fraction``.
 """
 
@@ -27,7 +27,8 @@ from bench_dipod_overhead import VOCAB, TinyMaskedLM
 
 from dipod.bounds.masked import draw_masks, masked_token_logprobs
 from dipod.config import DriftConfig
-from dipod.diagnostics.drift import DEFAULT_EVERY, language_drift_probe
+from dipod.diagnostics.drift import DEFAULT_EVERY
+from dipod.language.probe import language_drift_probe
 from dipod.objectives import MaskedScores, dipod_term, get_objective, make_params
 
 P, L, GROUP, PROMPTS, K, MU = 16, 16, 6, 4, 4, 4
@@ -86,8 +87,8 @@ def _probe(model, cfg, drift: DriftConfig, generator) -> dict:
         valid,
         adv,
         cfg,
+        draw_masks(valid, K, generator=generator),
         mask_id=model.mask_id,
-        num_draws=K,
         num_orders=drift.num_orders,
         generator=generator,
     )
@@ -118,9 +119,6 @@ def _synthetic(quick: bool) -> tuple[float, float, DriftConfig]:
 
 def _real_trainer() -> tuple[float, float]:
     """(median step seconds, median probe seconds) of the LanguageTrainer on the tiny Sudoku config."""
-    import numpy as np
-
-    from dipod.diagnostics.drift import language_trainer_drift_probe
     from dipod.language.trainer import LanguageTrainer
     from dipod.runs.config import load_config
 
@@ -128,12 +126,11 @@ def _real_trainer() -> tuple[float, float]:
     trainer = LanguageTrainer(
         load_config(root / "configs/language/sudoku_fpo_dipod.yaml", [f"drift.every={DEFAULT_EVERY}"])
     )
-    gen, rng = torch.Generator().manual_seed(3), np.random.default_rng(3)
     trainer.train_step()  # warm-up
     step_times, probe_times = [], []
     for _ in range(2):
         start = time.perf_counter()
-        language_trainer_drift_probe(trainer, gen, rng)
+        trainer.drift_probe()
         probe_times.append(time.perf_counter() - start)
         for _ in range(2):
             start = time.perf_counter()
@@ -162,7 +159,7 @@ def run(quick: bool) -> dict:
     }
     reference = (
         "LanguageTrainer.train_step on configs/language/sudoku_fpo_dipod.yaml (64 completions, L=16, mu=4, K=4) vs "
-        f"language_trainer_drift_probe with the drift defaults (probe_size={drift.probe_size}, "
+        f"LanguageTrainer.drift_probe with the drift defaults (probe_size={drift.probe_size}, "
         f"num_orders={drift.num_orders}) every {drift.every} steps; " + reference
     )
     return {"figures": figures, "reference": reference}

@@ -32,9 +32,9 @@ import torch
 
 from dipod.language.rollout import ExampleSource, encode_prompts
 from dipod.language.sampler import sample
-from dipod.language.sft import train_sft
 from dipod.language.tasks import get_task
 from dipod.runs.config import validate_config
+from dipod.runs.sft import train_sft
 
 THRESHOLDS = (0.8, 0.9, 0.95, 0.97, 0.99)
 """The grid. Fast-dLLM uses 0.9 for LLaDA-8B (SamplerConfig's default); this tiny model is less calibrated."""
