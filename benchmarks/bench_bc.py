@@ -1,8 +1,8 @@
 """Behaviour-cloning throughput: (obs, action) pairs per second of ``train_bc`` on Hopper-v5 demonstrations.
 
 The demonstrations are recorded on the spot (a fixed linear expert with action noise; throughput does not
-depend on their quality). ``train_samples_per_s`` is the whole BC run's pairs per second on the one loop (its checkpoint and end-of-run evaluation included; formerly optimiser steps only, without
-validation, evaluation and checkpoints); the reference is a bare loop of the same steps (batch gather,
+depend on their quality). ``train_samples_per_s`` is the whole BC run's pairs per second on the one loop
+(its checkpoint and end-of-run evaluation included); the reference is a bare loop of the same steps (batch gather,
 (tau, eps) draws, CFM forward + backward, AdamW) on the same data, timed in the same run.
 """
 
