@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from dipod.config import RunConfigBase
-from dipod.objectives import check_objective_name, objective_params
+from dipod.objectives import objective_params, with_objective_name
 from dipod.objectives.ratio_ppo import FpoFlowParams
 
 Width = Annotated[int, Field(gt=0)]
@@ -178,17 +178,9 @@ class ControlRunConfig(RunConfigBase):
     @classmethod
     def _default_objective(cls, data: Any) -> Any:
         """A missing ``objective.name`` is fpo for a flow policy and ppo for the Gaussian baseline."""
-        if not isinstance(data, dict):
-            return data
-        if data.get("control") is None:
-            raise ValueError("domain is 'control' but the `control` section is missing")
-        objective = data.get("objective", {})
-        if isinstance(objective, dict) and "name" not in objective:
-            policy = data.get("control", {}).get("policy", "flow") if isinstance(data.get("control"), dict) else "flow"
-            data = {**data, "objective": {"name": "ppo" if policy == "gaussian" else "fpo", **objective}}
-        if isinstance(data.get("objective"), dict):
-            check_objective_name("control", data["objective"]["name"])
-        return data
+        control = data.get("control") if isinstance(data, dict) else None
+        gaussian = isinstance(control, dict) and control.get("policy") == "gaussian"
+        return with_objective_name(data, "control", "ppo" if gaussian else "fpo")
 
     @model_validator(mode="after")
     def _consistent(self) -> ControlRunConfig:

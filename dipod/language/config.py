@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dipod.config import RunConfigBase
-from dipod.objectives import check_objective_name, objective_params
+from dipod.objectives import objective_params, with_objective_name
 from dipod.objectives.ratio_ppo import FpoParams
 
 DEFAULT_CHARSET = string.digits + string.ascii_letters + string.punctuation + " \n"
@@ -260,10 +260,4 @@ class LanguageRunConfig(RunConfigBase):
     @model_validator(mode="before")
     @classmethod
     def _default_objective(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("language") is None:
-            raise ValueError("domain is 'language' but the `language` section is missing")
-        if isinstance(data, dict) and isinstance(data.get("objective"), dict):
-            if "name" not in data["objective"]:
-                data = {**data, "objective": {"name": "fpo", **data["objective"]}}
-            check_objective_name("language", data["objective"]["name"])
-        return data
+        return with_objective_name(data, "language", "fpo")

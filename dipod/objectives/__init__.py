@@ -171,3 +171,20 @@ def check_objective_name(domain: Domain, name: Any) -> None:
     if name not in OBJECTIVES[domain]:
         choices = ", ".join(sorted(OBJECTIVES[domain]))
         raise ValueError(f"objective.name = {name!r} is not a {domain} objective; choose one of: {choices}")
+
+
+def with_objective_name(data: Any, domain: Domain, default: str) -> Any:
+    """Raw run-config ``data`` with ``objective.name`` set to ``default`` where it is missing, and checked.
+
+    Also an error naming the section when ``data`` lacks its domain's section (``language:`` or ``control:``).
+    """
+    if not isinstance(data, dict):
+        return data
+    if data.get(domain) is None:
+        raise ValueError(f"domain is {domain!r} but the `{domain}` section is missing")
+    objective = data.get("objective", {})
+    if not isinstance(objective, dict):
+        return data  # pydantic names the wrong type
+    objective = {"name": default, **objective}
+    check_objective_name(domain, objective["name"])
+    return {**data, "objective": objective}
