@@ -210,12 +210,18 @@ def _yaml_lines(text: str) -> dict[str, int]:
     return lines
 
 
-def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``override``'s keys set recursively (mappings merge, anything else replaces)."""
+def merge(base: dict[str, Any], override: dict[str, Any], *, _nested: bool = False) -> dict[str, Any]:
+    """``base`` with ``override``'s keys set recursively (mappings merge, anything else replaces).
+
+    A section that names another ``name`` than the base's (an ``objective:`` of another method) replaces the
+    base's section whole: the other method's settings would not be valid for it.
+    """
+    if _nested and "name" in base and "name" in override and base["name"] != override["name"]:
+        return copy.deepcopy(override)
     out = copy.deepcopy(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
+            out[key] = merge(out[key], value, _nested=True)
         else:
             out[key] = copy.deepcopy(value)
     return out

@@ -16,8 +16,8 @@ language:
 """
 
 
-def _write(tmp_path, text):
-    path = tmp_path / "cfg.yaml"
+def _write(tmp_path, text, name="cfg.yaml"):
+    path = tmp_path / name
     path.write_text(text)
     return path
 
@@ -151,3 +151,27 @@ def test_control_settings_that_are_used_pass():
     _control({}, objective={"name": "fpo", "clip_low": 0.1, "clip_high": 0.3})  # so does FPO
     _control({}, objective={"clip_low": 0.01, "clip_high": 0.01}, drift={"every": 5})
     validate_config({"domain": "language", "language": {}, "train": {"bf16": True}})
+
+
+def test_a_base_config_is_overridden_and_errors_inside_it_name_its_file_and_line(tmp_path):
+    base = _write(tmp_path, GOOD)
+    child = tmp_path / "child.yaml"
+    child.write_text(f"base: {base.name}\nname: child\nobjective:\n  dipod_beta: 0.01\n")
+    cfg = load_config(child)
+    assert cfg.name == "child" and cfg.objective.dipod_beta == 0.01
+    assert cfg.language.group_size == load_config(base).language.group_size  # inherited
+    # another objective replaces the base's objective section whole
+    spg = tmp_path / "spg.yaml"
+    spg.write_text(f"base: {base.name}\nobjective:\n  name: spg\n")
+    assert load_config(spg).objective.name == "spg"
+    bad = _write(tmp_path, GOOD.replace("group_size: 4", "group_size: many"), name="bad.yaml")
+    child.write_text("base: bad.yaml\nname: child\n")
+    with pytest.raises(ConfigError, match=rf"`language.group_size` = 'many' \({bad}, line \d+\)"):
+        load_config(child)
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(loop)
+    child.write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"missing.yaml does not exist \(base of"):
+        load_config(child)
