@@ -1,4 +1,4 @@
-"""The ``dipod`` command: train, sft, eval, report, demo (DESIGN §4).
+"""The ``dipod`` command: train, sft, eval, report, demo (the CLI contract).
 
 Heavy imports (torch, the trainers) happen inside the commands, so ``--help`` answers at once.
 Config problems (unknown keys, wrong types, bad values, a run directory that cannot be used) print

@@ -4,9 +4,9 @@ The toy stands in for a language task here (exact gap, minutes on 2 CPU cores). 
 (dipod.diagnostics.adaptive_beta) reads the monitored on-policy gap every ``--every`` steps and
 doubles beta above the budget, halves it below budget / 1.5, clamped to [0.005, 0.4].
 
-    PYTHONPATH=. python benchmarks/beta_sweep.py [--quick] [--objective fpo|spg] [--budget 0.01]
+    PYTHONPATH=. python experiments/beta_sweep.py [--quick] [--objective fpo|spg] [--budget 0.01]
 
-Writes benchmarks/results/beta_sweep_<objective>.{json,png} and prints a markdown table.
+Writes experiments/results/beta_sweep_<objective>.{json,png} and prints a markdown table.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ memory grows linearly in K. Two measures per K, each in a fresh process so peaks
 - ``peak_rss_delta_mib``: growth of the process's peak resident memory over the model alone
   (what the machine sees; includes allocator slack and the logits).
 
-Run: ``python benchmarks/exp_tiny_memory.py [--n-embd 128] [--ks 1 2 4 8 16]``
+Run: ``python experiments/tiny_memory.py [--n-embd 128] [--ks 1 2 4 8 16]``
 """
 
 from __future__ import annotations

@@ -4,10 +4,10 @@ Claim under test (the paper's toy figure): the on-policy gap grows most under FP
 least with DiPOD. Everything plotted is an exact expectation under the policy (no estimator noise);
 the spread is over training seeds.
 
-    PYTHONPATH=. python benchmarks/two_token.py            # 5 seeds x 300 steps, Adam lr 0.02, both reward settings
-    PYTHONPATH=. python benchmarks/two_token.py --quick    # 2 seeds x 60 steps
+    PYTHONPATH=. python experiments/two_token.py            # 5 seeds x 300 steps, Adam lr 0.02, both reward settings
+    PYTHONPATH=. python experiments/two_token.py --quick    # 2 seeds x 60 steps
 
-Writes benchmarks/results/two_token[_noisy].{json,png} and prints a markdown table.
+Writes experiments/results/two_token[_noisy].{json,png} and prints a markdown table.
 """
 
 from __future__ import annotations

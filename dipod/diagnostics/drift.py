@@ -1,7 +1,7 @@
 """Double drift, measured: the gap log pi - ELBO and the cosine between proxy and true policy gradients.
 
 A policy-gradient method for a diffusion policy follows the gradient of a bound (the ELBO, an EUBO,
-a one-step proxy) instead of log pi. Two numbers show when that stops being safe (DESIGN §1):
+a one-step proxy) instead of log pi. Two numbers show when that stops being safe:
 
 - ``drift/gap`` = log pi - ELBO on fresh samples: zero when the bound is tight, growing as
   reward-seeking updates loosen it.

@@ -2,7 +2,7 @@
 
 A diffusion policy-gradient run can collapse: in the FPO release on MATH500 the policy ends up emitting
 only EOS, with ~0 effective tokens and ~0 accuracy, hundreds of steps after the reward curve last looked
-fine (../shared/paper.md §6). The signals here are cheap statistics of what every rollout already has,
+fine (the DiPOD paper). The signals here are cheap statistics of what every rollout already has,
 so a trainer can log them every step and stop a run before it wastes a week of compute:
 
 - effective tokens: mean scored completion length, and its drop from the run's start;

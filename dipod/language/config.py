@@ -211,7 +211,7 @@ class LanguageConfig(BaseModel):
     """How the ELBO draws pick the masked tokens (``dipod.bounds.masked.draw_masks``)."""
     score_eos: bool = True
     """Whether a completion's first EOS is scored (masked, and counted in L) with the tokens before it. The
-    release's FPO scores only the tokens before it (paper.md §1a); what follows the EOS is never scored."""
+    release's FPO scores only the tokens before it; what follows the EOS is never scored."""
     spg_block_length: int = Field(32, ge=1)
     """SPG block_random masking: block length."""
     spg_block_choice: Literal["permutation", "uniform"] = "permutation"

@@ -441,7 +441,7 @@ class LanguageTrainer:
     # ------------------------------------------------------------------ protocol
 
     def train_step(self) -> dict[str, float]:
-        """One policy-improvement step: rollout, then mu inner updates. Returns DESIGN §5 metrics, with the
+        """One policy-improvement step: rollout, then mu inner updates. Returns the run-directory metrics, with the
         step's time split into ``time/rollout`` (sampling and rewards), ``time/score`` (stored draws, old and
         reference scores) and ``time/update`` (the mu inner updates)."""
         self._timer = {"time/score": 0.0}

@@ -31,7 +31,7 @@ class Task(Generic[E]):
     target: Callable[[E, PromptFormat], str] | None
     """A reference completion (SFT data), or None where the task has none in that form."""
     reward: Callable[[str, E, PromptFormat], float]
-    """The training reward of a completion (paper.md §4a components)."""
+    """The training reward of a completion (the DiPOD release's reward components)."""
     accuracy: Callable[[str, E, PromptFormat], float]
     """The evaluation metric in [0, 1]: 1 for a correct answer (Sudoku: fraction of blanks right)."""
     generate: Callable[[int, np.random.Generator], list[E]] | None

@@ -1,7 +1,7 @@
 """Countdown: reach ``target`` with + - * / using each of ``nums`` exactly once.
 
 Data: the Countdown-Tasks-3to4 fields (``nums`` list of ints, ``target`` int), JSONL or parquet.
-Reward (paper.md §4a, d1's ``compute_score``): 1.0 for a correct equation, else the format score 0.1
+Reward (the DiPOD release's, d1's ``compute_score``): 1.0 for a correct equation, else the format score 0.1
 whenever an answer was extracted, 0 when there is none. In the d1 format the answer is the content of
 the last ``<answer>...</answer>`` pair, so tags holding anything (a wrong value, wrong numbers, text
 that does not parse, nothing) score 0.1 and no tags score 0, as released. In the compact format the

@@ -1,6 +1,6 @@
 """GSM8K: grade-school word problems with a numeric answer (openai/gsm8k fields ``question``, ``answer``).
 
-The reference ``answer`` is worked reasoning ending in ``#### N``. Reward (paper.md §4a, d1's five
+The reference ``answer`` is worked reasoning ending in ``#### N``. Reward (the DiPOD release's, d1's five
 functions summed): correctness 2.0, integer 0.5 (the answer is a digit string), strict format 0.5, soft
 format 0.5, and the XML-count partial credit (up to 0.5). The format rewards match with the release's
 semantics (``re.match``, no ``re.DOTALL``), so they do not fire on multi-line reasoning; see

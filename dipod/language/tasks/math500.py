@@ -1,6 +1,6 @@
 """MATH500: competition problems (``problem``, ``answer`` in LaTeX), graded with math-verify.
 
-Reward (paper.md §4a): equivalence 2.0 when the predicted answer equals the reference under
+Reward (as the DiPOD paper describes it): equivalence 2.0 when the predicted answer equals the reference under
 math-verify, plus 0.5 when a ``\\boxed{...}`` sits inside the answer tags. Predictions are parsed with
 math-verify's LaTeX extraction only (an ANTLR grammar, no ``eval``).
 
@@ -18,7 +18,7 @@ Differences from the release (``correctness_reward_func_math`` + ``boxed_and_ans
   accepts equal values written differently (``\\frac{10}{12}`` for ``\\frac{5}{6}``).
 - format: the release adds 0.5 for answer tags plus 0.25 (0.5 when its ``"\\boxed" in r`` test fires,
   which it almost never does: ``"\\b"`` there is a backspace), so 0.75 with tags and 0.25 without;
-  dipod adds 0.5 when a ``\\boxed{`` sits inside the answer tags, as paper.md §4a describes the reward.
+  dipod adds 0.5 when a ``\\boxed{`` sits inside the answer tags, as the DiPOD paper describes the reward.
 """
 
 from __future__ import annotations
