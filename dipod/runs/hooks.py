@@ -45,6 +45,10 @@ class Hook(Protocol):
         """What ``summary.json`` should say of this hook (empty: nothing)."""
         ...
 
+    def on_resume(self, trainer: Trainer) -> None:
+        """After ``load_state_dict`` on a resume: give the rebuilt trainer what the hook had changed in it."""
+        ...
+
 
 class StatelessHook:
     """Defaults for hooks that keep no state and never stop a run."""
@@ -68,6 +72,9 @@ class StatelessHook:
     def summary(self) -> dict[str, Any]:
         """Nothing for the summary."""
         return {}
+
+    def on_resume(self, trainer: Trainer) -> None:
+        """Nothing to give back."""
 
 
 class DriftProbe(StatelessHook):
@@ -125,8 +132,8 @@ class AdaptiveBeta(StatelessHook):
         """Restore the controller; the trainer gets its beta back through ``restore``."""
         self.controller.load_state_dict(state)
 
-    def restore(self, trainer: Trainer) -> None:
-        """Give a rebuilt trainer the beta the run had reached."""
+    def on_resume(self, trainer: Trainer) -> None:
+        """Give the rebuilt trainer the beta the run had reached."""
         trainer.set_dipod_beta(self.controller.beta)
 
 

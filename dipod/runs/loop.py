@@ -36,7 +36,7 @@ from dipod.checkpoints import (
 )
 from dipod.config import ConfigError, dump_config
 from dipod.runs.config import RunConfig, validate_config
-from dipod.runs.hooks import AdaptiveBeta, Hook, hooks_for
+from dipod.runs.hooks import Hook, hooks_for
 from dipod.runs.metrics import MetricsFile, NullSink, Sinks, TensorBoardSink, WandbSink, clean_value, read_metrics
 from dipod.runs.progress import RunProgress
 from dipod.runs.rng import global_rng_state, seed_globals, set_global_rng_state
@@ -395,8 +395,7 @@ def _restore_hooks(hooks: list[Hook], payload: dict | None, trainer: Trainer) ->
     for hook in hooks:
         if hook.name in states:
             hook.load_state_dict(states[hook.name])
-        if isinstance(hook, AdaptiveBeta):
-            hook.restore(trainer)
+            hook.on_resume(trainer)
 
 
 def run_training(
@@ -410,7 +409,7 @@ def run_training(
 ) -> RunResult:
     """Train ``cfg`` into ``run_dir`` (metrics.jsonl, summary.json, checkpoints/, tb/), resuming when asked.
 
-    ``hooks`` run after the ones the config asks for (drift probe, adaptive beta). Raises RunDirError,
+    ``hooks`` run after the ones the config asks for (drift probe, collapse alarm, adaptive beta). Raises RunDirError,
     ConfigError (also when the trainer cannot be built) or CheckpointError (also when the trainer
     rejects the checkpoint's state) before any work, and BadStepsError when ``train.max_bad_steps``
     consecutive steps produced no finite update.
