@@ -1,4 +1,4 @@
-"""Self-distillation before RL: fit the policy's CFM loss on a frozen copy's own samples (the DiPOD paper's control recipe).
+"""Self-distillation before RL: fit the policy's CFM loss on a frozen copy's own samples (DiPOD's control recipe).
 
 Distilling the initial policy's samples into itself maximises the ELBO on on-policy data, so the
 bound is tight where the first policy-gradient steps need it; the output distribution stays (ideally)
