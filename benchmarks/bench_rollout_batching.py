@@ -41,9 +41,10 @@ import time
 import numpy as np
 import torch
 
+from dipod.language.continuous import generate_continuous
 from dipod.language.models import build_model, build_tokenizer
 from dipod.language.rollout import ExampleSource, encode_prompts
-from dipod.language.sampler import generate, generate_continuous
+from dipod.language.sampler import generate
 from dipod.language.tasks import get_task
 from dipod.runs.config import validate_config
 

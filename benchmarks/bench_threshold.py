@@ -30,8 +30,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dipod.language.rollout import ExampleSource, encode_prompts
-from dipod.language.sampler import sample
+from dipod.language.rollout import ExampleSource, encode_prompts, sample
 from dipod.language.tasks import get_task
 from dipod.runs.config import validate_config
 from dipod.runs.sft import train_sft

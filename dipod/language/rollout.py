@@ -14,7 +14,9 @@ import torch
 
 from dipod.bounds.masked import completion_valid_mask
 from dipod.language.config import DataConfig, SamplerConfig
-from dipod.language.sampler import sample
+from dipod.language.continuous import generate_continuous
+from dipod.language.models import MaskedDiffusionLM
+from dipod.language.sampler import SampleOut, generate
 from dipod.language.tasks import Task, get_task
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +68,38 @@ class ExampleSource:
             return self.generate(n, rng)
         idx = rng.integers(len(self.train_pool), size=n)
         return [self.train_pool[i] for i in idx]
+
+
+def sample(
+    model: MaskedDiffusionLM,
+    prompt_ids: torch.Tensor,
+    cfg: SamplerConfig,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    generator: torch.Generator | None,
+) -> SampleOut:
+    """Decode ``prompt_ids`` (B, P) with the settings of a ``SamplerConfig`` and the special ids of ``model``.
+
+    ``generate`` (the whole batch at once), or ``generate_continuous`` over the batch as a queue when
+    ``cfg.slots`` is set: pass every prompt of an RL step at once, and ``cfg.slots`` rows are decoded at a time.
+    """
+    common = dict(
+        attention_mask=attention_mask,
+        mask_id=model.mask_token_id,
+        eos_id=model.eos_token_id,
+        gen_length=cfg.gen_length,
+        block_length=cfg.block_length,
+        steps=cfg.steps,
+        remasking=cfg.remasking,
+        temperature=cfg.temperature,
+        threshold=cfg.threshold,
+        stop_at_eos=cfg.stop_at_eos,
+        kv_cache=cfg.kv_cache,
+        generator=generator,
+    )
+    if cfg.slots is None:
+        return generate(model, prompt_ids, **common)
+    return generate_continuous(model, prompt_ids, slots=cfg.slots, **common)
 
 
 def encode_prompts(

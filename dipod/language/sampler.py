@@ -17,9 +17,10 @@ decoded; the still-masked positions are then filled with EOS.
 
 Two decoders share these rules:
 - ``generate`` decodes a batch together, block by block, until its slowest row is done (the default);
-- ``generate_continuous`` decodes a queue of prompts (e.g. every prompt of one RL step) in ``slots``
-  rows: a row that finishes frees its slot for the next waiting prompt, so rows move through their
-  blocks independently and the batch's NFE falls like the per-row NFE (continuous batching). Each
+- ``generate_continuous`` (``dipod.language.continuous``) decodes a queue of prompts (e.g. every prompt
+  of one RL step) in ``slots`` rows: a row that finishes frees its slot for the next waiting prompt, so
+  rows move through their blocks independently and the batch's NFE falls like the per-row NFE (continuous
+  batching). Each
   row's noise comes from its own counter-based stream (``counter_uniform``), so a row's tokens do not
   depend on its neighbours, the slot count or the order of the queue.
 Both can reuse keys and values between steps (``kv_cache``): Fast-dLLM's prefix cache keeps those of
@@ -42,7 +43,6 @@ from typing import Literal
 
 import torch
 
-from dipod.language.config import SamplerConfig
 from dipod.language.models import KVCacheLM, MaskedDiffusionLM
 
 Remasking = Literal["low_confidence", "random", "threshold"]
@@ -161,7 +161,7 @@ def rows_finished(completion: torch.Tensor, *, mask_id: int, eos_id: int) -> tor
     return (eos_decoded & (masked_before == 0)).any(-1)
 
 
-def _check_args(
+def check_decoding_args(
     prompt_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     *,
@@ -201,7 +201,7 @@ def _check_args(
         raise ValueError(f"kv_cache must be one of {KV_CACHE}, got {kv_cache!r}")
 
 
-def _propose(
+def propose_tokens(
     logits: torch.Tensor,
     block_masked: torch.Tensor,
     *,
@@ -239,7 +239,7 @@ def _propose(
     return proposal, confidence.masked_fill(~block_masked, -torch.inf)
 
 
-def _transfer(
+def transfer_tokens(
     confidence: torch.Tensor, block_masked: torch.Tensor, *, k: torch.Tensor | None, threshold: float | None
 ) -> torch.Tensor:
     """(B, Lb) bool, the positions unmasked this step: each row's k[b] most confident (fixed schedules), or
@@ -254,7 +254,7 @@ def _transfer(
     return top_k_mask(confidence, k) & block_masked
 
 
-def _row_noise(
+def row_uniforms(
     seeds: torch.Tensor, row_step: torch.Tensor, position: torch.Tensor, vocab: int, *, gen_length: int, gumbel: bool
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Each row's own uniforms for one step: Gumbel (n, Lb, V) float64 (None unless ``gumbel``) and random
@@ -273,7 +273,7 @@ def _row_noise(
     return gumbel_u, counter_uniform(seeds, base + vocab)
 
 
-class _BlockLogits:
+class BlockLogits:
     """One decoding step's model call: the logits of each row's current block, exact or with the KV cache.
 
     Rows may be in different blocks (continuous batching). Exact: the model is asked for the span that
@@ -376,7 +376,7 @@ def generate(
         kv_cache: none (exact), prefix or dual (Fast-dLLM's approximate caches; see the module docstring).
         generator: source of the Gumbel noise and of random remasking; None only for greedy decoding.
     """
-    _check_args(
+    check_decoding_args(
         prompt_ids,
         attention_mask,
         gen_length=gen_length,
@@ -399,7 +399,7 @@ def generate(
         attn = torch.cat([attention_mask.bool(), torch.ones_like(completion, dtype=torch.bool)], dim=1)
     num_blocks = gen_length // block_length
     steps_per_block = None if remasking == "threshold" else steps // num_blocks
-    forward = _BlockLogits(model, kv_cache=kv_cache, block_length=block_length)
+    forward = BlockLogits(model, kv_cache=kv_cache, block_length=block_length)
     nfe = 0
     row_nfe = torch.zeros(batch, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -428,10 +428,10 @@ def generate(
             first_forward = False
             nfe += 1
             row_nfe += (block_masked.any(-1) & ~finished).long()
-            proposal, confidence = _propose(
+            proposal, confidence = propose_tokens(
                 logits, block_masked, mask_id=mask_id, remasking=remasking, temperature=temperature, generator=generator
             )  # (B, Lb) each
-            transfer = _transfer(confidence, block_masked, k=None if schedule is None else k, threshold=threshold)
+            transfer = transfer_tokens(confidence, block_masked, k=None if schedule is None else k, threshold=threshold)
             x[:, lo:hi] = torch.where(transfer, proposal, x[:, lo:hi])
             if stop_at_eos:
                 finished = rows_finished(x[:, prompt_length:], mask_id=mask_id, eos_id=eos_id)
@@ -439,225 +439,3 @@ def generate(
                     x[:, prompt_length:] = x[:, prompt_length:].masked_fill(x[:, prompt_length:] == mask_id, eos_id)
                     return SampleOut(tokens=x, prompt_length=prompt_length, nfe=nfe, row_nfe=row_nfe)
     return SampleOut(tokens=x, prompt_length=prompt_length, nfe=nfe, row_nfe=row_nfe)
-
-
-@dataclass
-class _Live:
-    """The rows being decoded by ``generate_continuous``, one per occupied slot."""
-
-    rows: torch.Tensor
-    """(n,) long: queue index of each live row."""
-    x: torch.Tensor
-    """(n, P + L) long: prompt and completion so far."""
-    attn: torch.Tensor
-    """(n, P + L) bool."""
-    seeds: torch.Tensor
-    """(n,) long: each row's noise stream."""
-    block: torch.Tensor
-    """(n,) long: index of the row's current block."""
-    step: torch.Tensor
-    """(n,) long: forward passes the row has had in its current block."""
-    nfe: torch.Tensor
-    """(n,) long: forward passes the row has had in all (also its noise counter)."""
-
-    FIELDS = ("rows", "x", "attn", "seeds", "block", "step", "nfe")
-
-    @classmethod
-    def admit(
-        cls,
-        rows: torch.Tensor,
-        prompt_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        seeds: torch.Tensor,
-        *,
-        gen_length: int,
-        mask_id: int,
-    ) -> _Live:
-        """Fresh rows for the queued prompts ``rows`` ((k,) long): the prompt, then ``gen_length`` masks."""
-        masks = torch.full((len(rows), gen_length), mask_id, dtype=torch.long, device=prompt_ids.device)  # (k, L)
-        zeros = torch.zeros(len(rows), dtype=torch.long, device=prompt_ids.device)
-        return cls(
-            rows=rows,
-            x=torch.cat([prompt_ids[rows], masks], 1),
-            attn=torch.cat([attention_mask[rows], torch.ones_like(masks, dtype=torch.bool)], 1),
-            seeds=seeds[rows],
-            block=zeros,
-            step=zeros.clone(),
-            nfe=zeros.clone(),
-        )
-
-    def put(self, slots: torch.Tensor, new: _Live) -> None:
-        """Overwrite the rows at ``slots`` ((k,) long) with ``new``'s k rows."""
-        for name in self.FIELDS:
-            getattr(self, name)[slots] = getattr(new, name)
-
-    def keep(self, keep: torch.Tensor) -> None:
-        """Drop the rows where ``keep`` (n,) bool is False."""
-        for name in self.FIELDS:
-            setattr(self, name, getattr(self, name)[keep])
-
-
-@torch.no_grad()
-def generate_continuous(
-    model: MaskedDiffusionLM,
-    prompt_ids: torch.Tensor,
-    *,
-    attention_mask: torch.Tensor | None = None,
-    mask_id: int,
-    eos_id: int | None,
-    gen_length: int,
-    block_length: int,
-    slots: int,
-    steps: int | None = None,
-    remasking: Remasking = "threshold",
-    temperature: float = 0.0,
-    threshold: float | None = None,
-    stop_at_eos: bool = False,
-    kv_cache: KVCache = "none",
-    generator: torch.Generator | None,
-    row_seeds: torch.Tensor | None = None,
-) -> SampleOut:
-    """Decode a queue of prompts with continuous batching: at most ``slots`` rows at once, refilled as rows finish.
-
-    Each row follows the rules of ``generate`` alone (same blocks, schedule or threshold, EOS stop) and
-    its noise comes from its own counter-based stream, so its tokens and NFE are those of decoding it
-    alone with the same seed, whatever the slot count, its neighbours or its place in the queue (up to
-    floating-point differences of the model's batched matmuls). A finished row's still-masked positions
-    are filled with EOS (``stop_at_eos``) and its slot goes to the next waiting prompt; once the queue is
-    empty the batch shrinks. Rows at different blocks are run together: exact, the model computes the
-    span that covers their blocks; with a KV cache, each row's own block.
-
-    Args:
-        prompt_ids: (N, P) long, the whole queue, left-padded to one length.
-        attention_mask: (N, P) bool, False on prompt padding.
-        slots: rows decoded at once (the batch size of each forward pass), >= 1.
-        generator: draws one seed per row (N,) when the decoding is random; None for greedy decoding.
-        row_seeds: (N,) long, the per-row seeds themselves (instead of drawing them from ``generator``);
-            decoding row i alone with ``row_seeds[i:i + 1]`` gives its tokens here.
-        Others: as ``generate``.
-    Returns:
-        ``SampleOut`` with tokens (N, P + L) in queue order, ``nfe`` the batched forward passes of the whole
-        queue and ``row_nfe`` (N,) those of each row.
-    """
-    needs_noise = temperature > 0 or remasking == "random"
-    _check_args(
-        prompt_ids,
-        attention_mask,
-        gen_length=gen_length,
-        block_length=block_length,
-        steps=steps,
-        remasking=remasking,
-        temperature=temperature,
-        threshold=threshold,
-        stop_at_eos=stop_at_eos,
-        eos_id=eos_id,
-        kv_cache=kv_cache,
-        has_randomness=generator is not None or row_seeds is not None,
-    )
-    n_rows, prompt_length = prompt_ids.shape
-    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
-        raise ValueError(f"slots must be a positive int, got {slots!r}")
-    if row_seeds is not None and (row_seeds.shape != (n_rows,) or row_seeds.dtype != torch.long):
-        raise ValueError(f"row_seeds must be a ({n_rows},) long tensor, got {tuple(row_seeds.shape)} {row_seeds.dtype}")
-    device = prompt_ids.device
-    if row_seeds is None:
-        row_seeds = torch.zeros(n_rows, dtype=torch.long, device=device)
-        if needs_noise:
-            row_seeds = torch.randint(0, 2**62, (n_rows,), generator=generator, device=device)
-    attention_mask = torch.ones_like(prompt_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-    num_blocks = gen_length // block_length
-    schedule = None  # every block starts fully masked, so the linear schedule is the same for every row and block
-    if remasking != "threshold":
-        full_block = torch.ones(1, block_length, dtype=torch.bool, device=device)
-        schedule = num_transfer_tokens(full_block, steps // num_blocks)[0]  # (S,)
-    tokens = torch.empty(n_rows, prompt_length + gen_length, dtype=torch.long, device=device)
-    row_nfe = torch.zeros(n_rows, dtype=torch.long, device=device)
-    forward = _BlockLogits(model, kv_cache=kv_cache, block_length=block_length)
-    within = torch.arange(block_length, device=device)  # (Lb,)
-
-    def admit(rows: torch.Tensor) -> _Live:
-        return _Live.admit(rows, prompt_ids, attention_mask, row_seeds, gen_length=gen_length, mask_id=mask_id)
-
-    live = admit(torch.arange(min(slots, n_rows), device=device))
-    waiting = len(live.rows)  # queue index of the next prompt to admit
-    nfe = 0
-    while len(live.rows):
-        lo = prompt_length + live.block * block_length  # (n,)
-        where = lo[:, None] + within  # (n, Lb) each row's block positions
-        current = live.x.gather(1, where)  # (n, Lb)
-        block_masked = current == mask_id  # (n, Lb): never all False, a finished block moves its row on
-        logits = forward(live.x, live.attn, lo, live.step == 0)  # (n, Lb, V)
-        nfe += 1
-        noise = None
-        if needs_noise:
-            noise = _row_noise(
-                live.seeds,
-                live.nfe,
-                where - prompt_length,
-                logits.shape[-1],
-                gen_length=gen_length,
-                gumbel=temperature > 0,
-            )
-        proposal, confidence = _propose(
-            logits, block_masked, mask_id=mask_id, remasking=remasking, temperature=temperature, noise=noise
-        )  # (n, Lb) each
-        k = None if schedule is None else schedule[live.step]  # (n,)
-        transfer = _transfer(confidence, block_masked, k=k, threshold=threshold)  # (n, Lb)
-        live.x.scatter_(1, where, torch.where(transfer, proposal, current))
-        live.nfe += 1
-        live.step += 1
-        block_done = ~(block_masked & ~transfer).any(-1)  # (n,)
-        live.block += block_done.long()
-        live.step.masked_fill_(block_done, 0)
-        done = live.block == num_blocks  # (n,)
-        if stop_at_eos:
-            completion = live.x[:, prompt_length:]  # (n, L) a view
-            finished = rows_finished(completion, mask_id=mask_id, eos_id=eos_id)
-            completion.masked_fill_(finished[:, None] & (completion == mask_id), eos_id)
-            done |= finished
-        if not bool(done.any()):
-            continue
-        tokens[live.rows[done]] = live.x[done]
-        row_nfe[live.rows[done]] = live.nfe[done]
-        refill = done.nonzero().squeeze(-1)[: n_rows - waiting]  # (k,) slots that take a waiting prompt
-        if len(refill):
-            live.put(refill, admit(torch.arange(waiting, waiting + len(refill), device=device)))
-            waiting += len(refill)
-            done[refill] = False
-        if bool(done.any()):  # the queue is empty: the batch shrinks
-            keep = ~done
-            live.keep(keep)
-            forward.select(keep.nonzero().squeeze(-1))
-    return SampleOut(tokens=tokens, prompt_length=prompt_length, nfe=nfe, row_nfe=row_nfe)
-
-
-def sample(
-    model: MaskedDiffusionLM,
-    prompt_ids: torch.Tensor,
-    cfg: SamplerConfig,
-    *,
-    attention_mask: torch.Tensor | None = None,
-    generator: torch.Generator | None,
-) -> SampleOut:
-    """Decode ``prompt_ids`` (B, P) with the settings of a ``SamplerConfig`` and the special ids of ``model``.
-
-    ``generate`` (the whole batch at once), or ``generate_continuous`` over the batch as a queue when
-    ``cfg.slots`` is set: pass every prompt of an RL step at once, and ``cfg.slots`` rows are decoded at a time.
-    """
-    common = dict(
-        attention_mask=attention_mask,
-        mask_id=model.mask_token_id,
-        eos_id=model.eos_token_id,
-        gen_length=cfg.gen_length,
-        block_length=cfg.block_length,
-        steps=cfg.steps,
-        remasking=cfg.remasking,
-        temperature=cfg.temperature,
-        threshold=cfg.threshold,
-        stop_at_eos=cfg.stop_at_eos,
-        kv_cache=cfg.kv_cache,
-        generator=generator,
-    )
-    if cfg.slots is None:
-        return generate(model, prompt_ids, **common)
-    return generate_continuous(model, prompt_ids, slots=cfg.slots, **common)

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from dipod.language.config import SamplerConfig
+from dipod.language.continuous import generate_continuous
 from dipod.language.model_tiny import TinyConfig, TinyMaskedLM
 from dipod.language.models import KVCacheLM, build_model, build_tokenizer
-from dipod.language.rollout import _greedy_remasking, decode_and_score, encode_prompts
-from dipod.language.sampler import counter_uniform, generate, generate_continuous, sample
+from dipod.language.rollout import _greedy_remasking, decode_and_score, encode_prompts, sample
+from dipod.language.sampler import counter_uniform, generate
 from dipod.language.tasks import get_task
 from tests.language.language_helpers import tiny_config
 from tests.language.test_sampler import EOS, MASK, PAD, ToyModel, V, prompts

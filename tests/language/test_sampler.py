@@ -7,12 +7,12 @@ import torch
 
 from dipod.language.config import SamplerConfig
 from dipod.language.model_tiny import TinyConfig, TinyMaskedLM
+from dipod.language.rollout import sample
 from dipod.language.sampler import (
     generate,
     gumbel_argmax,
     num_transfer_tokens,
     rows_finished,
-    sample,
     top_k_mask,
 )
 
