@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
+from dipod.config import merge as config_merge
 from dipod.runs.config import RunConfig, validate_config
 
 TINY: dict[str, Any] = {
@@ -28,14 +28,8 @@ TINY: dict[str, Any] = {
 }
 
 
-def merge(base: dict, overrides: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+merge = config_merge
+"""The layered-config merge: sections merge, and an ``objective`` naming another method replaces the base's."""
 
 
 def tiny_config(**sections: Any) -> RunConfig:
