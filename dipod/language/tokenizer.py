@@ -27,6 +27,8 @@ class Tokenizer(Protocol):
     pad_token_id: int
     eos_token_id: int
     vocab_size: int
+    chat_template: str | None
+    """The chat template of an instruction-tuned model's tokenizer (``data.chat_template``), or None."""
 
     def encode(self, text: str, *, add_eos: bool = False) -> list[int]: ...
 
@@ -87,6 +89,8 @@ class CharTokenizer(BatchCoding):
     """
 
     SPECIALS = ("[PAD]", "[MASK]", "[EOS]", "[UNK]")
+    chat_template: str | None = None
+    """The built-in tokenizer has no chat template."""
 
     def __init__(self, charset: str, *, specials: Sequence[str] = SPECIALS) -> None:
         missing = {"[PAD]", "[MASK]", "[EOS]", "[UNK]"} - set(specials)
@@ -194,6 +198,11 @@ class HFTokenizer(BatchCoding):
         self.eos_token_id = int(eos_id)
         self.pad_token_id = int(pad_id)
         self.vocab_size = len(self.hf)
+
+    @property
+    def chat_template(self) -> str | None:
+        """The wrapped tokenizer's chat template (instruction-tuned models), or None."""
+        return getattr(self.hf, "chat_template", None)
 
     def encode(self, text: str, *, add_eos: bool = False) -> list[int]:
         """Token ids of ``text`` without the tokenizer's automatic special tokens."""

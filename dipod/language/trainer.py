@@ -118,7 +118,7 @@ class LanguageTrainer:
         """Settings that would fail at the first step, rejected now: a chat template the tokenizer lacks, and
         prompts + completions longer than the model's positions (checked on the evaluation prompts)."""
         lang = self.cfg.language
-        if lang.data.chat_template and not getattr(self.tokenizer, "chat_template", None):
+        if lang.data.chat_template and not self.tokenizer.chat_template:
             raise ValueError(
                 f"language.data.chat_template is true but the tokenizer of {lang.model.path or lang.model.kind!r} "
                 "has no chat template; set language.data.chat_template=false"

@@ -416,3 +416,17 @@ def test_what_would_fail_at_the_first_step_fails_before_it():
         LanguageTrainer(tiny_config(language={"sampler": {"gen_length": 32, "block_length": 32, "steps": 4}}))
     with pytest.raises(ValueError, match=r"has no chat template; set language\.data\.chat_template=false"):
         LanguageTrainer(tiny_config(language={"data": {"chat_template": True}}))
+
+
+def test_the_chat_template_check_reads_the_wrapped_hf_tokenizer(tiny_cfg, monkeypatch):
+    trainer = LanguageTrainer(tiny_cfg)
+    assert trainer.tokenizer.chat_template is None
+
+    class WithTemplate:
+        chat_template = "{{ messages }}"
+
+    from dipod.language.tokenizer import HFTokenizer
+
+    hf_like = HFTokenizer.__new__(HFTokenizer)
+    hf_like.hf = WithTemplate()
+    assert hf_like.chat_template == "{{ messages }}"  # what LanguageTrainer._check_fits reads
