@@ -29,7 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "experiments" / "runs"
 RESULTS = ROOT / "experiments" / "results"
 FINAL_KEYS = ("reward_mean", "eval/accuracy", "eval/reward", "eval/return", "drift/gap", "drift/grad_cosine",
-              "health/effective_tokens", "dipod_beta")  # fmt: skip
+              "health/effective_tokens", "health/token_nll", "dipod_beta")  # fmt: skip
+OUTCOME_COLUMNS = ("eval/accuracy", "eval/return", "health/effective_tokens", "health/token_nll", "drift/gap")
+"""Per-seed final values shown in outcomes.md (those the runs logged)."""
 
 
 def load_spec(path: Path) -> dict[str, Any]:
@@ -83,7 +85,22 @@ def summarise(spec: dict[str, Any], spec_path: Path, runs: list[Any]) -> Path:
     command = f"PYTHONPATH=. OMP_NUM_THREADS=1 python experiments/run.py {spec_path.relative_to(ROOT)}"
     summary = {"spec": spec, "command": command, "runs": per_run}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "outcomes.md").write_text(outcomes_table(per_run, command))
     return out
+
+
+def outcomes_table(per_run: dict[str, dict[str, Any]], command: str) -> str:
+    """A markdown table with one row per run: how it ended, whether and when the collapse alarm fired, and its
+    final values."""
+    columns = [c for c in OUTCOME_COLUMNS if any(run.get(c) is not None for run in per_run.values())]
+    lines = [f"Per-seed outcomes (`{command}`):", "", "| run | status | collapse alarm at step | time (s) | "
+             + " | ".join(f"final {c}" for c in columns) + " |", "|" + "---|" * (4 + len(columns))]  # fmt: skip
+    for name, run in sorted(per_run.items()):
+        cells = [name, str(run["status"]), "—" if run["collapsed_at"] is None else str(run["collapsed_at"]),
+                 f"{run['time_s']:.0f}" if run["time_s"] else "—"]  # fmt: skip
+        cells += ["—" if run.get(c) is None else f"{run[c]:.3f}" for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
