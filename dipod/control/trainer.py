@@ -19,7 +19,7 @@ import torch
 
 from dipod.advantages import gae
 from dipod.checkpoints import CheckpointError
-from dipod.control.bc import load_pretrained_actor
+from dipod.control.bc import actor_kwargs, load_pretrained_actor
 from dipod.control.config import ControlRunConfig
 from dipod.control.envs import (
     check_env,
@@ -71,17 +71,7 @@ class ControlTrainer:
         self.normalizer = RunningNorm(self.obs_dim).to(self.device)
         self.objective = get_objective("control", cfg.objective.name)
         if cc.policy == "flow":
-            self.actor: Policy = FlowPolicy(
-                self.obs_dim,
-                self.action_dim,
-                hidden=cc.actor_hidden,
-                activation=cc.activation,
-                time_embed_dim=cc.time_embed_dim,
-                actor_scale=cc.actor_scale,
-                output_scale=cc.output_scale,
-                sampling_steps=cc.sampling_steps,
-                generator=init_gen,
-            )
+            self.actor: Policy = FlowPolicy(self.obs_dim, self.action_dim, **actor_kwargs(cc), generator=init_gen)
         else:
             self.actor = GaussianPolicy(
                 self.obs_dim,
