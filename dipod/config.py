@@ -49,6 +49,8 @@ class TrainConfig(Strict):
     log_every: int = Field(1, ge=1)
     eval_every: int = Field(0, ge=0)
     """Evaluate every this many steps; 0 only at the end."""
+    eval_at_start: bool = False
+    """Also evaluate the initial policy (a row at step 0), e.g. a pretrained one before fine-tuning."""
     checkpoint_every: int = Field(10, ge=1)
     keep_checkpoints: int = Field(3, ge=1)
     """Newest checkpoints kept in ``checkpoints/`` (older ones are deleted after each save)."""

@@ -6,6 +6,9 @@ overrides, times a list of seeds. Every (variant, seed) is a run directory of th
 (git-ignored: raw per-seed logs are regenerated, not kept). Runs train two at a time; re-running the
 command continues runs cut short and skips finished ones, so a killed session loses nothing.
 
+A spec may list `prepare` steps that its runs depend on (an expert, its demonstrations, a BC clone), each a
+command and the path it `creates`; a step whose path exists is skipped, so they too run once.
+
 The summary goes to ``experiments/results/<name>/``, which the repository keeps: ``report.md`` and the
 figures of ``dipod report`` (the same statistics and plots: mean ± std over seeds, collapse flags), and
 ``summary.json`` with the spec, the per-seed outcomes (final metrics, collapse step, wall time) and the
@@ -19,6 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,12 +49,30 @@ def load_spec(path: Path) -> dict[str, Any]:
     for key in ("name", "seeds", "variants"):
         if key not in spec:
             raise ConfigError(f"experiment spec {path}: missing `{key}`")
+    for i, step in enumerate(spec.get("prepare", [])):
+        if set(step) != {"run", "creates"}:
+            raise ConfigError(
+                f"experiment spec {path}: prepare[{i}] needs exactly `run` and `creates`, got {sorted(step)}"
+            )
     for variant, entry in spec["variants"].items():
         try:
             load_config(ROOT / entry["config"], [*spec.get("set", []), *entry.get("set", [])])
         except ConfigError as exc:
             raise ConfigError(f"experiment spec {path}, variant {variant!r}: {exc}") from None
     return spec
+
+
+def prepare(spec: dict[str, Any]) -> None:
+    """Run the spec's `prepare` steps in order from the repository root, skipping those whose output exists."""
+    for step in spec.get("prepare", []):
+        if (ROOT / step["creates"]).exists():
+            continue
+        print(f"prepare: {step['run']}", flush=True)
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        argv = shlex.split(step["run"])
+        if argv[0] == "dipod":  # the CLI of this interpreter, installed or not
+            argv = [sys.executable, "-m", "dipod.cli", *argv[1:]]
+        subprocess.run(argv, cwd=ROOT, env=env, check=True)
 
 
 def grid(spec: dict[str, Any], seeds: list[int] | None = None) -> list[Any]:
@@ -116,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = load_spec(spec_path)
     runs = grid(spec, args.seeds)
     if not args.summarise_only:
+        prepare(spec)
         run_grid(runs, jobs=args.jobs, quiet=True,
                  on_done=lambda i, run, info: print(f"[{i}/{len(runs)}] {run.name}: {info}", flush=True))  # fmt: skip
     print(f"summary in {summarise(spec, spec_path, runs)}")

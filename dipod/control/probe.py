@@ -59,6 +59,22 @@ def flow_drift_metrics(
     return metrics
 
 
+def bound_gap(
+    actor: FlowPolicy, obs: torch.Tensor, actions: torch.Tensor, num_draws: int, generator: torch.Generator
+) -> dict[str, float]:
+    """Mean exact Euler log-likelihood, weighted flow ELBO and their gap (nats) of env-unit ``actions`` (B, A)
+    given ``obs`` (B, S): how loose the bound is on these samples, with no gradient."""
+    scaled = actions / actor.actor_scale  # (B, A)
+    draws = draw_elbo_noise(obs.shape[0], num_draws, actor.action_dim, generator=generator, device=generator.device)
+    draws = draws.to(obs.device)
+    with torch.enable_grad():  # the exact log-likelihood needs the velocity's Jacobian trace
+        loglik = euler_loglik(actor.velocity, obs, scaled, actor.sampling_steps).detach()  # (B,)
+    with torch.no_grad():
+        elbo = flow_elbo(cfm_loss(actor.velocity, obs, scaled, draws), draws.tau, scaled,
+                         tau_min=ELBO_TAU_MIN, tau_max=1.0)  # fmt: skip  # (B,)
+    return {"loglik": float(loglik.mean()), "elbo": float(elbo.mean()), "gap": float(gap(loglik, elbo).mean())}
+
+
 def control_drift_probe(
     actor: FlowPolicy, obs: torch.Tensor, actions: torch.Tensor, adv: torch.Tensor, params: ObjectiveParams,
     num_draws: int, generator: torch.Generator,

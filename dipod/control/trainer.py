@@ -31,7 +31,7 @@ from dipod.control.envs import (
 )
 from dipod.control.normalizer import RunningNorm
 from dipod.control.policy import Critic, FlowPolicy, GaussianPolicy, Policy
-from dipod.control.probe import control_drift_probe
+from dipod.control.probe import bound_gap, control_drift_probe
 from dipod.control.self_distill import self_distill
 from dipod.objectives import dipod_term, get_objective
 from dipod.objectives.dipod import advantage_scale
@@ -194,11 +194,23 @@ class ControlTrainer:
         return torch.cat(obs_list).clone(), torch.cat(act_list).clone()
 
     def _run_self_distill(self) -> dict[str, float]:
+        """The stage, with the bound's gap on the policy's own samples before it (the teacher's first batch) and
+        after it (fresh student actions at the same observations): ``self_distill/gap_{before,after}``."""
         cc = self.cc
         start = time.perf_counter()
+        gaps: dict[str, float] = {}
+        probe_obs: list[torch.Tensor] = []
+
+        def collect(teacher: FlowPolicy) -> tuple[torch.Tensor, torch.Tensor]:
+            obs, actions = self._collect_teacher(teacher)
+            if not probe_obs:  # the student still equals the teacher
+                probe_obs.append(obs)
+                gaps["before"] = self._own_sample_gap(obs, actions)
+            return obs, actions
+
         stats = self_distill(
             self.actor,
-            self._collect_teacher,
+            collect,
             iterations=cc.self_distill_iterations,
             batch_size=cc.self_distill_batch_size,
             lr=cc.self_distill_lr,
@@ -208,10 +220,17 @@ class ControlTrainer:
             weight_decay=self.cfg.optim.weight_decay,
             buffer_floor=cc.num_envs * cc.self_distill_rollout_steps * 8,
         )
+        with torch.inference_mode():
+            own = self.actor.sample(probe_obs[0], self.gen_probe).clone()
+        gaps["after"] = self._own_sample_gap(probe_obs[0], own)
         self.optimizer = self._make_optimizer()  # fresh optimiser for RL, as in the reference
         self._self_distill_done = True
         self.self_distill_time_s = time.perf_counter() - start
-        return stats
+        return {**stats, "self_distill/gap_before": gaps["before"], "self_distill/gap_after": gaps["after"]}
+
+    def _own_sample_gap(self, obs: torch.Tensor, actions: torch.Tensor) -> float:
+        """Exact log-likelihood minus weighted flow ELBO (nats), mean over (obs, actions) (B, S), (B, A)."""
+        return bound_gap(self.actor, obs, actions, max(self.cc.cfm_draws, 8), self.gen_probe)["gap"]
 
     # ------------------------------------------------------------------ one policy-improvement step
 

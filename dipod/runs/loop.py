@@ -445,6 +445,8 @@ def run_training(
 def _train(run: _Run, progress: RunProgress, interrupt: _InterruptFlag) -> None:
     """Steps until the configured count, a stop reason or an interrupt; checkpoints on schedule and at the end."""
     trainer, train = run.trainer, run.cfg.train
+    if train.eval_at_start and trainer.step == 0 and not run.rows:
+        run.log({"step": 0, "samples": trainer.samples, **trainer.evaluate(), "time_s": run.elapsed()})
     while trainer.step < train.steps:
         row, written = run.step()
         if written:

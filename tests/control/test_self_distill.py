@@ -1,5 +1,7 @@
 """Self-distillation: the student's CFM loss on a frozen teacher's samples goes down; the teacher is untouched."""
 
+import math
+
 import torch
 
 from dipod.bounds.flow import draw_flow_noise
@@ -65,6 +67,7 @@ def test_trainer_runs_self_distillation_once_then_resets_the_optimiser():
     first = trainer.train_step()
     second = trainer.train_step()
     assert "self_distill/cfm_first" in first and "self_distill/cfm_first" not in second
+    assert math.isfinite(first["self_distill/gap_before"]) and math.isfinite(first["self_distill/gap_after"])
     # 3 iterations x 4 steps x 2 envs of teacher rollouts, then two RL rollouts of 8 x 2.
     assert trainer.samples == 3 * 4 * 2 + 2 * 8 * 2
     # The RL optimiser is the fresh one: its state holds exactly the RL updates (1 epoch x 2 minibatches x 2 steps).

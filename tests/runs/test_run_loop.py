@@ -71,6 +71,17 @@ def test_run_dir_contents(tmp_path):
     )
 
 
+def test_eval_at_start_logs_the_initial_policy_once(tmp_path):
+    cfg = fake_config(steps=4, eval_every=2, eval_at_start=True)
+    with pytest.raises(Crash):
+        run_training(cfg, tmp_path, trainer_factory=crashing_at(3), quiet=True)
+    run_training(cfg, tmp_path, trainer_factory=FakeTrainer, resume="always", quiet=True)
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]  # the step-0 row is not repeated on resume
+    assert rows[0]["samples"] == 0
+    assert rows[0]["eval/reward"] == FakeTrainer(cfg).evaluate()["eval/reward"]  # the untrained model
+
+
 def test_drift_rows_and_log_every(tmp_path):
     cfg = fake_config(steps=6, log_every=3)
     cfg.drift.every = 2
