@@ -63,7 +63,7 @@ from dipod.language.rollout import (
     resolve_path,
 )
 from dipod.language.tasks import get_task
-from dipod.objectives import MaskedScores, dipod_term, elbo_difference_penalty, get_objective, k3_kl
+from dipod.objectives import MaskedScores, dipod_term, elbo_difference_penalty, elbo_k3_kl, get_objective, k3_kl
 from dipod.objectives.dipod import advantage_scale
 from dipod.objectives.params import reference_weight
 from dipod.optim import clip_and_step, loss_is_finite
@@ -292,6 +292,9 @@ class LanguageTrainer:
         if self.kl_beta > 0:
             if ocfg.kl_type == "k3":
                 out = out + k3_kl(new.token_logp.mean(1), mb.ref_logp.mean(1), mb.valid, self.kl_beta)
+            elif ocfg.kl_type == "elbo_k3":
+                ref_elbo = elbo_from_logprobs(mb.ref_logp, mb.draws, mb.valid, scale="mean")
+                out = out + elbo_k3_kl(new.elbo("mean"), ref_elbo, self.kl_beta)
             else:
                 ref_elbo = elbo_from_logprobs(mb.ref_logp, mb.draws, mb.valid, scale=ocfg.elbo_scale)
                 out = out + elbo_difference_penalty(elbo, ref_elbo, self.kl_beta)

@@ -22,7 +22,7 @@ from dipod.objectives.dipod import dipod_term
 from dipod.objectives.fpo_pp import FpoPPParams, fpo_pp_loss
 from dipod.objectives.params import ObjectiveParams
 from dipod.objectives.ratio_ppo import FpoFlowParams, FpoParams, PpoParams, ratio_ppo_loss
-from dipod.objectives.reference import elbo_difference_penalty, k3_kl
+from dipod.objectives.reference import elbo_difference_penalty, elbo_k3_kl, k3_kl
 from dipod.objectives.spg import SpgParams, spg_loss
 from dipod.types import LossOut
 
@@ -152,6 +152,7 @@ __all__ = [
     "diffu_grpo_loss",
     "dipod_term",
     "elbo_difference_penalty",
+    "elbo_k3_kl",
     "fpo_pp_loss",
     "get_objective",
     "k3_kl",

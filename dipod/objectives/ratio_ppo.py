@@ -17,8 +17,9 @@ class FpoParams(ClipParams, ReferenceParams):
     name: Literal["fpo"] = "fpo"
     elbo_scale: Literal["sum", "mean"] = "sum"
     """ELBO scale: sequence sum (d1 and the release's FPO) or per-token mean."""
-    kl_type: Literal["elbo_difference"] = "elbo_difference"
-    """The release's reference term: kl_beta * mean(ELBO_theta - ELBO_ref), linear in the ELBO."""
+    kl_type: Literal["elbo_difference", "elbo_k3"] = "elbo_difference"
+    """The reference term: the release's kl_beta * mean(ELBO_theta - ELBO_ref), linear in the ELBO (its gradient
+    is a DiPOD term's with beta = -kl_beta), or ``elbo_k3``, k3 of the per-token ELBO difference, a divergence."""
 
 
 class FpoFlowParams(ClipParams):

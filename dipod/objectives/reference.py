@@ -29,3 +29,19 @@ def k3_kl(token_logp_new: torch.Tensor, token_logp_ref: torch.Tensor, valid: tor
     weights = valid.float()
     kl = (per_token * weights).sum() / weights.sum().clamp(min=1)
     return LossOut(loss=beta * kl, stats={"kl_ref": kl.detach()})
+
+
+def elbo_k3_kl(elbo_new: torch.Tensor, elbo_ref: torch.Tensor, beta: float) -> LossOut:
+    """beta * mean k3(r), r = ELBO_ref - ELBO_new per token: Schulman's k3 estimate exp(r) - r - 1 with the
+    ELBO difference standing in for the log-ratio, a conventional reference term for an ELBO objective.
+
+    Unlike ``elbo_difference_penalty`` it is a divergence: >= 0, zero with zero gradient where the two bounds
+    agree, and its gradient (1 - exp(r)) * grad ELBO_new pulls the bound *towards* the reference's from either
+    side instead of always down. Per-token ELBOs (sequence means) keep exp(r) in range.
+
+    Args:
+        elbo_new: (B,) per-token ELBO of the current policy, with gradient. elbo_ref: (B,) the reference's.
+    """
+    r = elbo_ref.detach() - elbo_new  # (B,)
+    kl = (r.exp() - r - 1.0).mean()
+    return LossOut(loss=beta * kl, stats={"kl_ref": kl.detach()})

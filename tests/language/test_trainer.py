@@ -121,6 +121,7 @@ def test_resume_is_bit_for_bit(tiny_cfg):
     [
         {"name": "fpo", "dipod_beta": 0.0},
         {"name": "fpo", "dipod_beta": 0.05, "kl_beta": 0.04},
+        {"name": "fpo", "dipod_beta": 0.0, "kl_beta": 0.04, "kl_type": "elbo_k3"},
         {"name": "spg", "dipod_beta": 0.05, "eubo_beta": 1.0, "elbo_scale": "mean"},
         {"name": "diffu_grpo", "dipod_beta": 0.0, "kl_beta": 0.04, "kl_type": "k3"},
         {"name": "diffu_grpo", "dipod_beta": 0.05},
@@ -206,7 +207,7 @@ def test_invalid_combinations_fail_before_work():
     with pytest.raises(ValueError, match=r"`objective.kl_type` = 'elbo_difference'.*'k3'"):
         tiny_config(objective={"name": "diffu_grpo", "kl_beta": 0.1, "kl_type": "elbo_difference"})
     with pytest.raises(ValueError, match=r"`objective.kl_type` = 'k3'.*'elbo_difference'"):
-        tiny_config(objective={"name": "fpo", "kl_beta": 0.1, "kl_type": "k3"})
+        tiny_config(objective={"name": "fpo", "kl_beta": 0.1, "kl_type": "k3"})  # k3 is diffu-GRPO's token term
 
 
 CONFIGS = sorted((ROOT / "configs" / "language").glob("*.yaml"))

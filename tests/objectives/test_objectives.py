@@ -11,6 +11,7 @@ from dipod.objectives import (
     diffu_grpo_loss,
     dipod_term,
     elbo_difference_penalty,
+    elbo_k3_kl,
     fpo_pp_loss,
     get_objective,
     k3_kl,
@@ -119,6 +120,20 @@ def test_reference_terms():
     valid = torch.tensor([[True, True], [True, False]])  # d1's token mean: 3 tokens, not a mean of row means
     kl = k3_kl(torch.cat([new, new]), torch.cat([ref_t, ref_t]), valid, 1.0)
     assert kl.loss.item() == pytest.approx(2 * (0.5 + math.log(2) - 1) / 3)
+
+
+def test_elbo_k3_is_a_divergence_whose_gradient_pulls_towards_the_reference():
+    ref = torch.tensor([-2.0, -2.0, -1.0])
+    elbo = torch.tensor([-1.0, -3.0, -1.0], requires_grad=True)  # above, below and at the reference
+    out = elbo_k3_kl(elbo, ref, 0.1)
+    r = ref - elbo.detach()
+    assert out.loss.item() == pytest.approx(0.1 * float((r.exp() - r - 1).mean()))
+    assert out.stats["kl_ref"].item() > 0
+    out.loss.backward()
+    torch.testing.assert_close(elbo.grad, 0.1 * (1 - r.exp()) / 3)  # autograd agrees with d/dELBO of k3
+    assert elbo.grad[0] > 0 and elbo.grad[1] < 0 and elbo.grad[2] == 0  # descent moves each ELBO to the reference
+    same = elbo_k3_kl(ref.clone().requires_grad_(), ref, 0.1)
+    assert same.loss.item() == 0.0
 
 
 def test_dipod_term_value_and_gradient():
