@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch.func import jacrev, vmap
@@ -223,8 +224,10 @@ def _invert_euler_step(
     *,
     max_iters: int,
     tol: float,
-) -> torch.Tensor:
-    """Solve y - dt * v(y, tau) = x_next for y by Newton's method, batched; no autograd graph."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Solve y - dt * v(y, tau) = x_next for y by Newton's method, batched; no autograd graph.
+
+    Returns y (B, A) and (B,) whether each row converged (residual <= 1e3 * tol)."""
     with torch.no_grad():
         y = x_next + dt * velocity_fn(x_next, tau, obs)  # explicit guess, exact up to O(dt^2)
         eye = torch.eye(y.shape[-1], device=y.device, dtype=y.dtype)
@@ -233,15 +236,10 @@ def _invert_euler_step(
             if residual.abs().max() <= tol:
                 break
             jac = eye - dt * velocity_jacobian(velocity_fn, y, tau, obs)  # (B, A, A)
-            y = y - torch.linalg.solve(jac, residual[..., None]).squeeze(-1)
-        else:
-            residual = y - dt * velocity_fn(y, tau, obs) - x_next
-            if residual.abs().max() > 1e3 * tol:
-                raise RuntimeError(
-                    f"Euler inversion did not converge (max residual {residual.abs().max():.3g}); "
-                    "the step map may not be invertible at this step count"
-                )
-    return y
+            step = torch.linalg.solve_ex(jac, residual[..., None])[0].squeeze(-1)
+            y = y - torch.nan_to_num(step, nan=0.0, posinf=0.0, neginf=0.0)  # a singular row stops moving
+        residual = y - dt * velocity_fn(y, tau, obs) - x_next
+    return y, residual.abs().amax(-1) <= 1e3 * tol
 
 
 def euler_loglik(
@@ -252,6 +250,7 @@ def euler_loglik(
     *,
     max_iters: int = 50,
     tol: float = 1e-6,
+    on_fail: Literal["raise", "nan"] = "raise",
 ) -> torch.Tensor:
     """(B,) exact log-likelihood of ``actions`` under the N-step Euler sampler started from N(0, I).
 
@@ -261,6 +260,11 @@ def euler_loglik(
     inverted state is re-expressed by one Newton correction at the solution, whose derivative is the
     implicit-function derivative.
 
+    A step map need not be invertible: where dt * dv/dx has an eigenvalue near 1 (a stiff velocity, e.g. of a
+    behaviour-cloned policy) Newton's method can fail for some actions. ``on_fail="raise"`` raises then;
+    ``"nan"`` gives those rows NaN (no gradient is defined for them; call without grad, or select the finite
+    rows and call again).
+
     Args:
         obs: (B, S). actions: (B, A) in the sampler's (scaled) units.
     """
@@ -268,18 +272,26 @@ def euler_loglik(
     eye = torch.eye(actions.shape[-1], device=actions.device, dtype=actions.dtype)
     x = actions
     log_det = torch.zeros(actions.shape[0], device=actions.device, dtype=actions.dtype)
+    inverted = torch.ones(actions.shape[0], dtype=torch.bool, device=actions.device)  # (B,)
     for tau_k in euler_times(num_steps, actions.device).flip(0):  # from tau = dt back to tau = 1
         tau = tau_k.expand(actions.shape[0])
-        y = _invert_euler_step(velocity_fn, x.detach(), tau, obs, dt, max_iters=max_iters, tol=tol)
+        y, converged = _invert_euler_step(velocity_fn, x.detach(), tau, obs, dt, max_iters=max_iters, tol=tol)
+        inverted &= converged
+        if not inverted.all() and on_fail == "raise":
+            raise RuntimeError(
+                f"Euler inversion did not converge for {int((~inverted).sum())} of {len(inverted)} actions at "
+                f"tau = {float(tau_k):.3f}; the step map may not be invertible at this step count"
+            )
         if torch.is_grad_enabled():
             with torch.no_grad():
                 jac_star = eye - dt * velocity_jacobian(velocity_fn, y, tau, obs)
             residual = y - dt * velocity_fn(y, tau, obs) - x  # zero in value, carries the gradient
-            y = y - torch.linalg.solve(jac_star, residual[..., None]).squeeze(-1)
+            y = y - torch.linalg.solve_ex(jac_star, residual[..., None])[0].squeeze(-1)
         jac = eye - dt * velocity_jacobian(velocity_fn, y, tau, obs)  # (B, A, A)
         log_det = log_det + torch.linalg.slogdet(jac).logabsdet
         x = y
-    return _gaussian_logpdf(x) - log_det
+    loglik = _gaussian_logpdf(x) - log_det
+    return loglik if inverted.all() else loglik.masked_fill(~inverted, float("nan"))
 
 
 def ode_loglik(

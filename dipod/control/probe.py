@@ -28,6 +28,9 @@ def flow_drift_metrics(
     - ``drift/cfm_surrogate`` and ``drift/cfm_gap``: the objectives' surrogate -mean_N l_i, the ELBO only up
       to weight and constant (meaningful as a trend), and log-likelihood minus it.
     - ``drift/grad_cosine``: the objective's PG loss at rho = 1 against -mean(A * log pi), log pi exact.
+    - ``drift/invertible_frac``: the share of rows whose Euler step map could be inverted; the others have no
+      exact log-likelihood here and are left out of every figure (so with it below 1 the figures describe the
+      invertible rows only).
 
     Args:
         obs: (B, S). actions: (B, A) env units. adv: (B,). draws: N (tau, eps) pairs per sample (the
@@ -36,6 +39,13 @@ def flow_drift_metrics(
     parameters = [p for p in actor.parameters() if p.requires_grad]
     objective = get_objective("control", params.name)
     scaled = actions / actor.actor_scale  # (B, A)
+    rows = invertible_rows(actor, obs, scaled)  # (B,) the rows whose exact log-likelihood exists
+    if not rows.all():
+        obs, scaled, adv, draws = obs[rows], scaled[rows], adv[rows], draws[rows]
+        elbo_draws = elbo_draws[rows] if elbo_draws is not None else None
+    invertible = {"drift/invertible_frac": float(rows.float().mean())}
+    if not rows.any():
+        return invertible
     with torch.enable_grad():
         cfm = cfm_loss(actor.velocity, obs, scaled, draws)  # (B, N)
         pg_loss = objective.fn(cfm, cfm.detach(), adv, params).loss
@@ -44,6 +54,7 @@ def flow_drift_metrics(
     surrogate = cfm_elbo(cfm.detach())  # (B,)
     loglik = loglik.detach()
     metrics = {
+        **invertible,
         "drift/loglik": float(loglik.mean()),
         "drift/cfm_surrogate": float(surrogate.mean()),
         "drift/cfm_gap": float(gap(loglik, surrogate).mean()),
@@ -59,20 +70,30 @@ def flow_drift_metrics(
     return metrics
 
 
+def invertible_rows(actor: FlowPolicy, obs: torch.Tensor, scaled: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: whether the exact Euler log-likelihood of each scaled action (B, A) exists (its step maps
+    invert), found without gradient."""
+    with torch.no_grad():
+        return euler_loglik(actor.velocity, obs, scaled, actor.sampling_steps, on_fail="nan").isfinite()
+
+
 def bound_gap(
     actor: FlowPolicy, obs: torch.Tensor, actions: torch.Tensor, num_draws: int, generator: torch.Generator
 ) -> dict[str, float]:
     """Mean exact Euler log-likelihood, weighted flow ELBO and their gap (nats) of env-unit ``actions`` (B, A)
-    given ``obs`` (B, S): how loose the bound is on these samples, with no gradient."""
+    given ``obs`` (B, S): how loose the bound is on these samples, with no gradient. Means over the rows whose
+    Euler step maps invert (``invertible_frac`` of them)."""
     scaled = actions / actor.actor_scale  # (B, A)
     draws = draw_elbo_noise(obs.shape[0], num_draws, actor.action_dim, generator=generator, device=generator.device)
     draws = draws.to(obs.device)
-    with torch.enable_grad():  # the exact log-likelihood needs the velocity's Jacobian trace
-        loglik = euler_loglik(actor.velocity, obs, scaled, actor.sampling_steps).detach()  # (B,)
     with torch.no_grad():
+        loglik = euler_loglik(actor.velocity, obs, scaled, actor.sampling_steps, on_fail="nan")  # (B,)
         elbo = flow_elbo(cfm_loss(actor.velocity, obs, scaled, draws), draws.tau, scaled,
                          tau_min=ELBO_TAU_MIN, tau_max=1.0)  # fmt: skip  # (B,)
-    return {"loglik": float(loglik.mean()), "elbo": float(elbo.mean()), "gap": float(gap(loglik, elbo).mean())}
+    rows = loglik.isfinite()  # rows whose step maps do not invert have no exact log-likelihood
+    loglik, elbo = loglik[rows], elbo[rows]
+    return {"loglik": float(loglik.mean()), "elbo": float(elbo.mean()), "gap": float(gap(loglik, elbo).mean()),
+            "invertible_frac": float(rows.float().mean())}  # fmt: skip
 
 
 def control_drift_probe(

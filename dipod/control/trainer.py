@@ -198,7 +198,7 @@ class ControlTrainer:
         after it (fresh student actions at the same observations): ``self_distill/gap_{before,after}``."""
         cc = self.cc
         start = time.perf_counter()
-        gaps: dict[str, float] = {}
+        gaps: dict[str, dict[str, float]] = {}
         probe_obs: list[torch.Tensor] = []
 
         def collect(teacher: FlowPolicy) -> tuple[torch.Tensor, torch.Tensor]:
@@ -226,11 +226,12 @@ class ControlTrainer:
         self.optimizer = self._make_optimizer()  # fresh optimiser for RL, as in the reference
         self._self_distill_done = True
         self.self_distill_time_s = time.perf_counter() - start
-        return {**stats, "self_distill/gap_before": gaps["before"], "self_distill/gap_after": gaps["after"]}
+        return {**stats, **{f"self_distill/{key}_{when}": value for when, measured in gaps.items()
+                            for key, value in measured.items()}}  # fmt: skip
 
-    def _own_sample_gap(self, obs: torch.Tensor, actions: torch.Tensor) -> float:
-        """Exact log-likelihood minus weighted flow ELBO (nats), mean over (obs, actions) (B, S), (B, A)."""
-        return bound_gap(self.actor, obs, actions, max(self.cc.cfm_draws, 8), self.gen_probe)["gap"]
+    def _own_sample_gap(self, obs: torch.Tensor, actions: torch.Tensor) -> dict[str, float]:
+        """``bound_gap`` of (obs, actions) (B, S), (B, A): log-likelihood, weighted ELBO, gap, invertible share."""
+        return bound_gap(self.actor, obs, actions, max(self.cc.cfm_draws, 8), self.gen_probe)
 
     # ------------------------------------------------------------------ one policy-improvement step
 

@@ -124,6 +124,23 @@ def test_euler_loglik_recovers_the_path_of_a_nonlinear_field():
         torch.testing.assert_close(euler_loglik(field, obs, a, steps), forward, atol=1e-8, rtol=0)
 
 
+def test_euler_loglik_marks_actions_without_a_preimage():
+    """One Euler step with v(x) = x - tanh(x) maps y to tanh(y): 0.5 has the preimage atanh(0.5), 2.0 has none."""
+
+    def field(x, tau, obs):
+        return x - torch.tanh(x)
+
+    a = torch.tensor([[0.5], [2.0]], dtype=torch.float64)
+    obs = torch.zeros(2, 1, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="did not converge for 1 of 2 actions"):
+        euler_loglik(field, obs, a, 1)
+    loglik = euler_loglik(field, obs, a, 1, on_fail="nan")
+    y = torch.atanh(torch.tensor(0.5, dtype=torch.float64))
+    exact = -0.5 * y**2 - 0.5 * math.log(2 * math.pi) - torch.log(1 - torch.tanh(y) ** 2)  # log N(y) - log f'(y)
+    torch.testing.assert_close(loglik[0], exact, atol=1e-8, rtol=0)
+    assert torch.isnan(loglik[1])
+
+
 def test_euler_loglik_approaches_the_ode_loglik():
     field, obs = MLPField(seed=3), _obs()
     a = torch.randn(obs.shape[0], A, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
