@@ -15,7 +15,7 @@ checkpoints and resume. Reproduce the shipped tiny Sudoku base (``dipod/assets/c
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -54,17 +54,22 @@ def masked_diffusion_loss(
     *,
     num_draws: int,
     generator: torch.Generator,
+    logits_at: Literal["masked", "all"] = "all",
 ) -> torch.Tensor:
     """Scalar -mean_b ELBO_b / L: the masked-diffusion SFT loss over every completion position.
 
     Args:
         prompt_ids, prompt_attn: (B, P). completion_ids: (B, L).
+        logits_at: where the output head runs (``masked_token_logprobs``): everywhere (any logits function), or
+            only at the masked completion tokens the loss reads (models built by dipod; ``SFTTrainer`` follows
+            ``language.score_logits``, masked by default); the loss is the same.
     """
     valid = torch.ones_like(completion_ids, dtype=torch.bool)  # (B, L): EOS padding is trained too
     draws = draw_masks(valid, num_draws, generator=generator, scheme="count")
     attention = torch.cat([prompt_attn, valid], dim=1)  # (B, P + L)
     token_logp = masked_token_logprobs(
-        model, prompt_ids, completion_ids, draws, mask_id=model.mask_token_id, attention_mask=attention
+        model, prompt_ids, completion_ids, draws, mask_id=model.mask_token_id, attention_mask=attention,
+        logits_at=logits_at,
     )  # (B, K, L)
     return -elbo_from_logprobs(token_logp, draws, valid, scale="mean").mean()
 
@@ -140,7 +145,9 @@ class SFTTrainer:
             self.tokenizer, self.task, self.source.draw(lang.sft.batch_size, self.rng), lang.data.prompt_format,
             lang.sampler.gen_length, self.device, chat=lang.data.chat_template,
         )  # fmt: skip
-        loss = masked_diffusion_loss(self.model, *batch, num_draws=lang.sft.elbo_draws, generator=self.mask_generator)
+        loss = masked_diffusion_loss(
+            self.model, *batch, num_draws=lang.sft.elbo_draws, generator=self.mask_generator, logits_at=lang.score_logits
+        )
         metrics = {"loss": float(loss.detach()), "updates": 1.0, "skipped_updates": 1.0}
         if loss_is_finite(loss):
             loss.backward()

@@ -40,6 +40,21 @@ def test_loss_of_uniform_model_is_log_vocab():
     assert math.isclose(float(loss), math.log(12), rel_tol=1e-6)
 
 
+def test_loss_is_the_same_with_logits_only_where_scored(tiny_cfg):
+    from dipod.language.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg.language.model, tokenizer=build_tokenizer(tiny_cfg.language.model))
+    prompt, completion = torch.randint(3, 10, (3, 5)), torch.randint(3, 10, (3, 7))
+    attn = torch.ones_like(prompt, dtype=torch.bool)
+    losses = [
+        masked_diffusion_loss(model, prompt, attn, completion, num_draws=2,
+                              generator=torch.Generator().manual_seed(1), logits_at=where)  # fmt: skip
+        for where in ("all", "masked")
+    ]
+    torch.testing.assert_close(losses[0], losses[1], atol=1e-6, rtol=0)
+
+
 def test_targets_are_eos_padded_to_gen_length(tiny_cfg):
     model_cfg = tiny_cfg.language.model.model_copy(update={"charset": "0123456789+-*/(),:"})
     tok = build_tokenizer(model_cfg)
