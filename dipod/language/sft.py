@@ -68,7 +68,12 @@ def masked_diffusion_loss(
     draws = draw_masks(valid, num_draws, generator=generator, scheme="count")
     attention = torch.cat([prompt_attn, valid], dim=1)  # (B, P + L)
     token_logp = masked_token_logprobs(
-        model, prompt_ids, completion_ids, draws, mask_id=model.mask_token_id, attention_mask=attention,
+        model,
+        prompt_ids,
+        completion_ids,
+        draws,
+        mask_id=model.mask_token_id,
+        attention_mask=attention,
         logits_at=logits_at,
     )  # (B, K, L)
     return -elbo_from_logprobs(token_logp, draws, valid, scale="mean").mean()
@@ -146,8 +151,9 @@ class SFTTrainer:
             lang.sampler.gen_length, self.device, chat=lang.data.chat_template,
         )  # fmt: skip
         loss = masked_diffusion_loss(
-            self.model, *batch, num_draws=lang.sft.elbo_draws, generator=self.mask_generator, logits_at=lang.score_logits
-        )
+            self.model, *batch, num_draws=lang.sft.elbo_draws, generator=self.mask_generator,
+            logits_at=lang.score_logits,
+        )  # fmt: skip
         metrics = {"loss": float(loss.detach()), "updates": 1.0, "skipped_updates": 1.0}
         if loss_is_finite(loss):
             loss.backward()

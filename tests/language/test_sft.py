@@ -48,8 +48,9 @@ def test_loss_is_the_same_with_logits_only_where_scored(tiny_cfg):
     prompt, completion = torch.randint(3, 10, (3, 5)), torch.randint(3, 10, (3, 7))
     attn = torch.ones_like(prompt, dtype=torch.bool)
     losses = [
-        masked_diffusion_loss(model, prompt, attn, completion, num_draws=2,
-                              generator=torch.Generator().manual_seed(1), logits_at=where)  # fmt: skip
+        masked_diffusion_loss(
+            model, prompt, attn, completion, num_draws=2, generator=torch.Generator().manual_seed(1), logits_at=where
+        )
         for where in ("all", "masked")
     ]
     torch.testing.assert_close(losses[0], losses[1], atol=1e-6, rtol=0)
