@@ -34,8 +34,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "experiments" / "runs"
 RESULTS = ROOT / "experiments" / "results"
-FINAL_KEYS = ("reward_mean", "eval/accuracy", "eval/reward", "eval/return", "drift/gap", "drift/grad_cosine",
-              "health/effective_tokens", "health/token_nll", "dipod_beta")  # fmt: skip
+FINAL_KEYS = ("reward_mean", "eval/accuracy", "eval/reward", "eval/return", "episode_return", "drift/gap",
+              "drift/grad_cosine", "drift/invertible_frac", "health/effective_tokens", "health/token_nll", "dipod_beta",
+              "self_distill/gap_before", "self_distill/gap_after")  # fmt: skip
 OUTCOME_COLUMNS = ("eval/accuracy", "eval/return", "health/effective_tokens", "health/token_nll", "drift/gap")
 """Per-seed final values shown in outcomes.md (those the runs logged)."""
 
@@ -75,7 +76,7 @@ def prepare(spec: dict[str, Any]) -> None:
         subprocess.run(argv, cwd=ROOT, env=env, check=True)
 
 
-def grid(spec: dict[str, Any], seeds: list[int] | None = None) -> list[Any]:
+def grid(spec: dict[str, Any], seeds: list[int] | None = None, variants: list[str] | None = None) -> list[Any]:
     """One GridRun per (variant, seed): the variant's config with the spec's and its own overrides."""
     from dipod.runs.config import load_config
     from dipod.runs.grid import GridRun
@@ -83,6 +84,8 @@ def grid(spec: dict[str, Any], seeds: list[int] | None = None) -> list[Any]:
     runs = []
     for seed in seeds or spec["seeds"]:
         for variant, entry in spec["variants"].items():
+            if variants and variant not in variants:
+                continue
             overrides = [*spec.get("set", []), *entry.get("set", []), f"seed={seed}", f"name={variant}"]
             cfg = load_config(ROOT / entry["config"], overrides)
             runs.append(GridRun(f"{variant}-seed{seed}", cfg, RUNS / spec["name"] / f"{variant}-seed{seed}"))
@@ -131,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("spec", type=Path)
     parser.add_argument("--seeds", type=int, nargs="*", help="only these seeds (default: the spec's)")
+    parser.add_argument("--variants", nargs="*", help="only these variants (default: all)")
     parser.add_argument("--jobs", type=int, default=None, help="runs at once (default: 2 on 2 cores)")
     parser.add_argument("--summarise-only", action="store_true", help="no training: summarise what is there")
     args = parser.parse_args(argv)
@@ -138,12 +142,15 @@ def main(argv: list[str] | None = None) -> int:
 
     spec_path = args.spec.resolve()
     spec = load_spec(spec_path)
-    runs = grid(spec, args.seeds)
+    unknown = set(args.variants or []) - set(spec["variants"])
+    if unknown:
+        parser.error(f"--variants {' '.join(sorted(unknown))}: not in {spec_path} (its: {', '.join(spec['variants'])})")
+    runs = grid(spec, args.seeds, args.variants)
     if not args.summarise_only:
         prepare(spec)
         run_grid(runs, jobs=args.jobs, quiet=True,
                  on_done=lambda i, run, info: print(f"[{i}/{len(runs)}] {run.name}: {info}", flush=True))  # fmt: skip
-    print(f"summary in {summarise(spec, spec_path, runs)}")
+    print(f"summary in {summarise(spec, spec_path, grid(spec))}")  # every run of the spec there is
     return 0
 
 

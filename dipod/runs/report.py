@@ -26,6 +26,9 @@ OBJECTIVE_LABELS = {"fpo": "FPO", "fpo_pp": "FPO++", "spg": "SPG", "diffu_grpo":
 
 PLOTTED = {
     "reward_mean": "training reward (rollout mean per {reward_unit})",
+    "eval/accuracy": "held-out accuracy",
+    "eval/return": "evaluation return (episode mean)",
+    "episode_return": "training episode return",
     "elbo_mean": "ELBO estimate of rollout samples",
     "drift/gap": "log-likelihood − ELBO (nats)",
     "drift/grad_cosine": "cos(proxy grad, true PG)",
