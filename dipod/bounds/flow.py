@@ -261,9 +261,11 @@ def euler_loglik(
     implicit-function derivative.
 
     A step map need not be invertible: where dt * dv/dx has an eigenvalue near 1 (a stiff velocity, e.g. of a
-    behaviour-cloned policy) Newton's method can fail for some actions. ``on_fail="raise"`` raises then;
-    ``"nan"`` gives those rows NaN (no gradient is defined for them; call without grad, or select the finite
-    rows and call again).
+    behaviour-cloned policy) Newton's method can fail for some actions, or converge to a spurious root of a
+    non-injective map far out in the noise's tail (|z| in the hundreds, log-likelihoods of -1e5, where the
+    sampler's own root, which dominates the density, was missed). ``on_fail="raise"`` raises where Newton
+    fails; ``"nan"`` gives NaN to those rows and to rows whose noise |z|^2 lies beyond a 1e-9 chi-square tail
+    (no gradient is defined for them; call without grad, or select the finite rows and call again).
 
     Args:
         obs: (B, S). actions: (B, A) in the sampler's (scaled) units.
@@ -290,8 +292,15 @@ def euler_loglik(
         jac = eye - dt * velocity_jacobian(velocity_fn, y, tau, obs)  # (B, A, A)
         log_det = log_det + torch.linalg.slogdet(jac).logabsdet
         x = y
+    if on_fail == "nan":  # a root far out in the noise's tail is a spurious one: the sampler's own is missed
+        inverted &= x.detach().pow(2).sum(-1) <= _noise_norm2_bound(x.shape[-1])
     loglik = _gaussian_logpdf(x) - log_det
     return loglik if inverted.all() else loglik.masked_fill(~inverted, float("nan"))
+
+
+def _noise_norm2_bound(dim: int) -> float:
+    """|z|^2 above which N(0, I_dim) noise has probability below about 1e-9 (a loose chi-square tail bound)."""
+    return dim + 12.0 * math.sqrt(2.0 * dim) + 20.0
 
 
 def ode_loglik(

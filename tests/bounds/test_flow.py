@@ -141,6 +141,21 @@ def test_euler_loglik_marks_actions_without_a_preimage():
     assert torch.isnan(loglik[1])
 
 
+def test_euler_loglik_leaves_out_roots_in_the_far_tail_of_the_noise():
+    """One step of v(x) = 0.999 x maps y to y / 1000: the action 1.0 needs noise 1000, which the sampler never
+    draws; a root like that, of a non-injective map, is a spurious one, so "nan" mode drops it."""
+
+    def field(x, tau, obs):
+        return 0.999 * x
+
+    a = torch.tensor([[0.001], [1.0]], dtype=torch.float64)
+    obs = torch.zeros(2, 1, dtype=torch.float64)
+    exact = euler_loglik(field, obs, a, 1)  # raise mode: the change of variables as it is
+    torch.testing.assert_close(exact, -0.5 * (a[:, 0] * 1000) ** 2 - 0.5 * math.log(2 * math.pi) + math.log(1000))
+    kept = euler_loglik(field, obs, a, 1, on_fail="nan")
+    assert kept[0] == exact[0] and torch.isnan(kept[1])
+
+
 def test_euler_loglik_approaches_the_ode_loglik():
     field, obs = MLPField(seed=3), _obs()
     a = torch.randn(obs.shape[0], A, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
