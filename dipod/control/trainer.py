@@ -226,8 +226,9 @@ class ControlTrainer:
         self.optimizer = self._make_optimizer()  # fresh optimiser for RL, as in the reference
         self._self_distill_done = True
         self.self_distill_time_s = time.perf_counter() - start
-        return {**stats, **{f"self_distill/{key}_{when}": value for when, measured in gaps.items()
-                            for key, value in measured.items()}}  # fmt: skip
+        return {**stats, "self_distill/seconds": self.self_distill_time_s,
+                **{f"self_distill/{key}_{when}": value for when, measured in gaps.items()
+                   for key, value in measured.items()}}  # fmt: skip
 
     def _own_sample_gap(self, obs: torch.Tensor, actions: torch.Tensor) -> dict[str, float]:
         """``bound_gap`` of (obs, actions) (B, S), (B, A): log-likelihood, weighted ELBO, gap, invertible share."""
