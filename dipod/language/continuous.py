@@ -179,12 +179,7 @@ def generate_continuous(
         noise = None
         if needs_noise:
             noise = row_uniforms(
-                live.seeds,
-                live.nfe,
-                where - prompt_length,
-                logits.shape[-1],
-                gen_length=gen_length,
-                gumbel=temperature > 0,
+                live.seeds, live.nfe, where - prompt_length, gen_length=gen_length, sample=temperature > 0
             )
         proposal, confidence = propose_tokens(
             logits, block_masked, mask_id=mask_id, remasking=remasking, temperature=temperature, noise=noise

@@ -111,6 +111,23 @@ def gumbel_argmax_from_uniform(logits: torch.Tensor, u: torch.Tensor, *, tempera
     return (logits.double() / temperature - exp_noise.log_()).argmax(-1)
 
 
+def categorical_from_uniform(logits: torch.Tensor, u: torch.Tensor, *, temperature: float) -> torch.Tensor:
+    """A draw from softmax(logits / temperature) by inverting its CDF at one uniform u per position: the same
+    distribution as ``gumbel_argmax``, from one random number instead of V (a counter-based stream hashes
+    every number it draws, so V per position would dominate a decoding step at a realistic vocabulary).
+
+    The CDF is accumulated in float64; a token of probability 0 (a -inf logit) is never drawn, since u is
+    never 0.
+
+    Args:
+        logits: (..., V). u: (...) float64 in (0, 1). Returns (...) long.
+    """
+    probs = torch.softmax(logits.double() / temperature, dim=-1)  # (..., V)
+    cdf = probs.cumsum_(-1)
+    target = (u * cdf[..., -1]).unsqueeze(-1)  # (..., 1), scaled so rounding in the sum cannot leave the CDF
+    return torch.searchsorted(cdf, target).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
+
+
 def _as_int64(c: int) -> int:
     return c - (1 << 64) if c >= 1 << 63 else c
 
@@ -214,8 +231,9 @@ def propose_tokens(
     """A token for every block position and the confidence that ranks it (-inf where already decoded).
 
     Confidence is the model's probability of the proposed token (low_confidence, threshold), or uniform
-    noise (random remasking). The noise is drawn from ``generator``, or given as ``noise`` = (Gumbel
-    uniforms (B, Lb, V) float64, random-remasking uniforms (B, Lb)).
+    noise (random remasking). The noise is drawn from ``generator`` (Gumbel-max), or given as ``noise`` =
+    (token uniforms (B, Lb) float64, each inverted through its position's CDF, or None at temperature 0;
+    random-remasking uniforms (B, Lb)).
 
     Args:
         logits: (B, Lb, V). block_masked: (B, Lb) bool. Returns proposal (B, Lb) long, confidence (B, Lb) float.
@@ -227,7 +245,7 @@ def propose_tokens(
     elif temperature == 0:
         proposal = logits.argmax(-1)
     else:
-        proposal = gumbel_argmax_from_uniform(logits, noise[0], temperature=temperature)
+        proposal = categorical_from_uniform(logits, noise[0], temperature=temperature)
     if remasking == "random":
         if noise is None:
             confidence = torch.rand(block_masked.shape, generator=generator, device=logits.device)
@@ -255,22 +273,21 @@ def transfer_tokens(
 
 
 def row_uniforms(
-    seeds: torch.Tensor, row_step: torch.Tensor, position: torch.Tensor, vocab: int, *, gen_length: int, gumbel: bool
+    seeds: torch.Tensor, row_step: torch.Tensor, position: torch.Tensor, *, gen_length: int, sample: bool
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Each row's own uniforms for one step: Gumbel (n, Lb, V) float64 (None unless ``gumbel``) and random
-    remasking (n, Lb) float64.
+    """Each row's own uniforms for one step: the token draws (n, Lb) float64 (None unless ``sample``) and the
+    random-remasking draws (n, Lb) float64.
 
-    The counter of a draw is ((row step * L + completion position) * (V + 1) + c), c < V for the Gumbel
-    noise of token c and c = V for remasking, so no two draws of a row share one.
+    The counter of a draw is ((row step * L + completion position) * 2 + c), c = 0 for the token and 1 for
+    remasking, so no two draws of a row share one.
 
     Args:
         seeds: (n,) long. row_step: (n,) long, the row's forward passes so far. position: (n, Lb) long,
             completion positions of the row's block.
     """
-    base = (row_step[:, None] * gen_length + position) * (vocab + 1)  # (n, Lb)
-    tokens = torch.arange(vocab, device=seeds.device)  # (V,)
-    gumbel_u = counter_uniform(seeds, base[..., None] + tokens) if gumbel else None
-    return gumbel_u, counter_uniform(seeds, base + vocab)
+    base = (row_step[:, None] * gen_length + position) * 2  # (n, Lb)
+    token_u = counter_uniform(seeds, base) if sample else None
+    return token_u, counter_uniform(seeds, base + 1)
 
 
 class BlockLogits:

@@ -9,6 +9,7 @@ from dipod.language.config import SamplerConfig
 from dipod.language.model_tiny import TinyConfig, TinyMaskedLM
 from dipod.language.rollout import sample
 from dipod.language.sampler import (
+    categorical_from_uniform,
     generate,
     gumbel_argmax,
     num_transfer_tokens,
@@ -18,6 +19,19 @@ from dipod.language.sampler import (
 
 V = 12
 MASK, PAD, EOS = 0, 1, 2  # ids of this test's toy vocabulary (the sampler takes them as arguments)
+
+
+def test_categorical_from_uniform_inverts_the_tempered_softmax():
+    """Stratified uniforms i / N + 1 / 2N hit each token about N * p times (within one), -inf never."""
+    logits = torch.tensor([0.3, -torch.inf, 2.0, -1.0, 0.7, 1.1])
+    n = 100_000
+    u = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    for temperature in (0.5, 1.0):
+        tokens = categorical_from_uniform(logits.expand(n, -1), u, temperature=temperature)
+        counts = torch.bincount(tokens, minlength=6).double()
+        expected = torch.softmax(logits.double() / temperature, -1) * n
+        assert (counts - expected).abs().max() <= 1.0
+        assert counts[1] == 0
 
 
 class ToyModel:
