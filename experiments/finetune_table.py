@@ -1,11 +1,13 @@
 """Tables of the control fine-tuning experiments (``experiments/specs/{hopper,walker2d}_finetune.yaml``).
 
 Evaluation returns of 8 episodes are noisy, so besides the final one the table gives the mean of the last three
-evaluations and of all evaluations after the start (the area under the curve per step), the worst evaluation
-(the dip a fine-tuning run may take before it improves), the drift probe's weighted gap and gradient cosine
-averaged over the run's probes, and the self-distillation stage's gap before and after it. Differences are paired
-by seed against plain FPO++ (each seed's variants start from the same clone and evaluate on the same episodes).
+evaluations and of all evaluations after the start (the area under the curve per step) and the worst evaluation
+(the dip a fine-tuning run may take before it improves). The gap columns come from ``finetune_probe.py`` (run it
+first): the weighted gap on 1,024 of the final policy's own (state, action) pairs, and the self-distillation
+stage's gap before and after it. Differences are paired by seed against plain FPO++ (each seed's variants start
+from the same clone and evaluate on the same episodes).
 
+    PYTHONPATH=. python experiments/finetune_probe.py hopper_finetune walker2d_finetune
     PYTHONPATH=. python experiments/finetune_table.py hopper_finetune walker2d_finetune
 """
 
@@ -31,9 +33,7 @@ def run_figures(run_dir: Path) -> dict[str, float]:
 
     rows = read_metrics(run_dir / "metrics.jsonl")
     evals = [r["eval/return"] for r in rows if "eval/return" in r]
-    probes = [r for r in rows if "drift/gap" in r]
     trained = [r["episode_return"] for r in rows if "episode_return" in r][-5:]
-    first = next((r for r in rows if "self_distill/gap_before" in r), {})
     return {
         "start": evals[0],
         "final": evals[-1],
@@ -41,11 +41,6 @@ def run_figures(run_dir: Path) -> dict[str, float]:
         "mean": statistics.mean(evals[1:]),
         "worst": min(evals[1:]),
         "train": statistics.mean(trained),
-        "gap": statistics.mean(r["drift/gap"] for r in probes),
-        "cosine": statistics.mean(r["drift/grad_cosine"] for r in probes),
-        "invertible": statistics.mean(r.get("drift/invertible_frac", 1.0) for r in probes),
-        "sd_before": first.get("self_distill/gap_before", float("nan")),
-        "sd_after": first.get("self_distill/gap_after", float("nan")),
     }
 
 
@@ -68,13 +63,16 @@ def table(name: str) -> str:
             if done and run_dir.name.rsplit("-seed", 1)[0] == variant:
                 figures.setdefault(variant, {})[int(run_dir.name.rsplit("seed", 1)[1])] = run_figures(run_dir)
     base = figures.get("fpo_pp", {})
+    probe_file = ROOT / "experiments" / "results" / name / "own_sample_gap.json"
+    probed = json.loads(probe_file.read_text()) if probe_file.is_file() else {}
+    gaps = {k: v["gap"] for k, v in probed.items() if "gap" in v}
+    clone = [v for k, v in gaps.items() if k.startswith("clone-")]
     lines = [
         f"{name} (`PYTHONPATH=. python experiments/finetune_table.py {name}`):",
         "",
         "| variant | seeds | clone (step 0) | worst eval | mean eval | last 3 evals | final eval | Δ last 3 vs FPO++ "
-        "(paired) | training return | weighted gap (mean over probes) | grad cosine | gap before → after "
-        "self-distillation |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "(paired) | training return | own-sample gap at the end (nats) | Δ gap vs FPO++ (paired) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for variant, label in VARIANTS.items():
         runs_ = figures.get(variant, {})
@@ -82,12 +80,21 @@ def table(name: str) -> str:
             continue
         col = {key: [f[key] for f in runs_.values()] for key in next(iter(runs_.values()))}
         paired = [f["last3"] - base[s]["last3"] for s, f in runs_.items() if s in base]
-        sd = "—" if "selfdistill" not in variant else f"{_cell(col['sd_before'], 2)} → {_cell(col['sd_after'], 2)}"
+        gap = [gaps[f"{variant}-seed{s}"] for s in runs_ if f"{variant}-seed{s}" in gaps]
+        gap_paired = [gaps[f"{variant}-seed{s}"] - gaps[f"fpo_pp-seed{s}"] for s in runs_
+                      if f"{variant}-seed{s}" in gaps and f"fpo_pp-seed{s}" in gaps]  # fmt: skip
         lines.append(
             f"| {label} | {len(runs_)} | {_cell(col['start'])} | {_cell(col['worst'])} | {_cell(col['mean'])} | "
             f"{_cell(col['last3'])} | {_cell(col['final'])} | {'—' if variant == 'fpo_pp' else _cell(paired)} | "
-            f"{_cell(col['train'])} | {_cell(col['gap'], 2)} | {_cell(col['cosine'], 2)} | {sd} |"
+            f"{_cell(col['train'])} | {_cell(gap, 2)} | {'—' if variant == 'fpo_pp' else _cell(gap_paired, 2)} |"
         )
+    stage = [v for k, v in probed.items() if k.startswith("stage-")]
+    lines += [
+        "",
+        f"The clone's own-sample gap: {_cell(clone, 2)} nats. The self-distillation stage alone (from the clone, "
+        f"3 seeds): {_cell([s['gap_before'] for s in stage], 2)} before, {_cell([s['gap_after'] for s in stage], 2)} "
+        "after (on the stage's first teacher batch).",
+    ]
     return "\n".join(lines) + "\n"
 
 
