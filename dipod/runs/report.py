@@ -77,6 +77,9 @@ class RunRecord:
             label += f" + DiPOD (β={beta:g}{'' if scale == 'sum' else ', ' + scale})"
         if (section.get("self_distill_iterations") or 0) > 0:
             label += " + self-distill"
+        sampler = (self.config.get("language") or {}).get("sampler") or {}
+        if sampler.get("remasking") == "threshold":
+            label += f", threshold-{sampler.get('threshold', 0.9):g} rollouts"
         return label
 
     @property
