@@ -39,17 +39,20 @@ def flow_drift_metrics(
     parameters = [p for p in actor.parameters() if p.requires_grad]
     objective = get_objective("control", params.name)
     scaled = actions / actor.actor_scale  # (B, A)
-    rows = invertible_rows(actor, obs, scaled)  # (B,) the rows whose exact log-likelihood exists
-    if not rows.all():
-        obs, scaled, adv, draws = obs[rows], scaled[rows], adv[rows], draws[rows]
-        elbo_draws = elbo_draws[rows] if elbo_draws is not None else None
+    with torch.enable_grad():
+        loglik = euler_loglik(actor.velocity, obs, scaled, actor.sampling_steps, on_fail="nan")  # (B,)
+    rows = loglik.isfinite()  # (B,) the rows whose exact log-likelihood exists
     invertible = {"drift/invertible_frac": float(rows.float().mean())}
     if not rows.any():
         return invertible
+    if not rows.all():  # NaN rows carry no gradient: score the invertible ones again, on their own
+        obs, scaled, adv, draws = obs[rows], scaled[rows], adv[rows], draws[rows]
+        elbo_draws = elbo_draws[rows] if elbo_draws is not None else None
+        with torch.enable_grad():
+            loglik = euler_loglik(actor.velocity, obs, scaled, actor.sampling_steps)
     with torch.enable_grad():
         cfm = cfm_loss(actor.velocity, obs, scaled, draws)  # (B, N)
         pg_loss = objective.fn(cfm, cfm.detach(), adv, params).loss
-        loglik = euler_loglik(actor.velocity, obs, scaled, actor.sampling_steps)  # (B,)
         cos = grad_cosine(pg_loss, true_pg_loss(loglik, adv), parameters)
     surrogate = cfm_elbo(cfm.detach())  # (B,)
     loglik = loglik.detach()
@@ -68,13 +71,6 @@ def flow_drift_metrics(
             )  # fmt: skip  # (B,)
         metrics.update({"drift/elbo": float(weighted.mean()), "drift/gap": float(gap(loglik, weighted).mean())})
     return metrics
-
-
-def invertible_rows(actor: FlowPolicy, obs: torch.Tensor, scaled: torch.Tensor) -> torch.Tensor:
-    """(B,) bool: whether the exact Euler log-likelihood of each scaled action (B, A) exists (its step maps
-    invert), found without gradient."""
-    with torch.no_grad():
-        return euler_loglik(actor.velocity, obs, scaled, actor.sampling_steps, on_fail="nan").isfinite()
 
 
 def bound_gap(
