@@ -129,7 +129,7 @@ def sft(
     from dipod.checkpoints import CheckpointError
     from dipod.config import ConfigError
     from dipod.runs.loop import RunDirError
-    from dipod.runs.sft import train_bc, train_sft
+    from dipod.runs.sft import SFTInterrupted, train_bc, train_sft
 
     out = out or _default_out(f"{cfg.name}-sft")
     mode = "always" if resume else "never"
@@ -145,6 +145,8 @@ def sft(
         raise _fail(str(exc), EXIT_CONFIG) from None
     except CheckpointError as exc:
         raise _fail(str(exc), 1) from None
+    except SFTInterrupted:
+        raise typer.Exit(EXIT_INTERRUPTED) from None  # the loop has said where it stopped and how to continue
     evals = [row for row in history if "eval/accuracy" in row]
     final = f", eval accuracy {evals[-1]['eval/accuracy']:.3f}" if evals else ""
     typer.echo(f"sft finished: model and tokenizer in {out}{final}")

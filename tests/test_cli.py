@@ -178,11 +178,18 @@ def test_sft_and_train_reject_bad_config_file(tmp_path, monkeypatch, command):
     assert result.exit_code == 2 and "objective.name" in result.output
 
 
-def test_sft_tiny(tmp_path):
+def test_sft_tiny_without_the_control_extra(tmp_path):
+    # A language-only install has no gymnasium or minari: shadow them with packages that fail to import.
+    for name in ("gymnasium", "minari"):
+        (tmp_path / "no_extra" / name).mkdir(parents=True)
+        (tmp_path / "no_extra" / name / "__init__.py").write_text(f"raise ImportError('{name} is not installed')\n")
     config = ROOT / "configs" / "language" / "sudoku_sft.yaml"
     out = tmp_path / "sft"
     sets = ["language.sft.steps=2", "language.data.eval_size=4", "language.eval_batch_size=4"]
-    result = dipod("sft", config, "--out", out, "--quiet", *[x for s in sets for x in ("--set", s)], fake=False)
+    result = dipod(
+        "sft", config, "--out", out, "--quiet", *[x for s in sets for x in ("--set", s)], fake=False,
+        PYTHONPATH=f"{tmp_path / 'no_extra'}:{ROOT}",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "sft finished" in result.stdout
     assert (out / "model.safetensors").is_file() and (out / "config.yaml").is_file()

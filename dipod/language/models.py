@@ -12,6 +12,7 @@ between decoding steps (the prefix KV cache of block-wise decoding) when asked t
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -182,3 +183,11 @@ def max_positions(model: nn.Module) -> int | None:
             if isinstance(value, int) and value > 0:
                 return value
     return None
+
+
+def bf16_autocast(enabled: bool, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA where ``train.bf16`` asks for it (matrix products in bf16, weights as loaded);
+    nothing on a CPU, where bf16 autocast is slower than float32."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

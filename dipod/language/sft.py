@@ -22,7 +22,7 @@ from torch import nn
 
 from dipod.bounds.masked import draw_masks, elbo_from_logprobs, masked_token_logprobs
 from dipod.language.config import LanguageRunConfig
-from dipod.language.models import build_model, build_tokenizer
+from dipod.language.models import bf16_autocast, build_model, build_tokenizer
 from dipod.language.rollout import ExampleSource, encode_prompts, encode_targets, evaluate_policy, resolve_path
 from dipod.language.tasks import Task, get_task
 from dipod.optim import clip_and_step, loss_is_finite
@@ -150,10 +150,11 @@ class SFTTrainer:
             self.tokenizer, self.task, self.source.draw(lang.sft.batch_size, self.rng), lang.data.prompt_format,
             lang.sampler.gen_length, self.device, chat=lang.data.chat_template,
         )  # fmt: skip
-        loss = masked_diffusion_loss(
-            self.model, *batch, num_draws=lang.sft.elbo_draws, generator=self.mask_generator,
-            logits_at=lang.score_logits,
-        )  # fmt: skip
+        with bf16_autocast(self.cfg.train.bf16, self.device):
+            loss = masked_diffusion_loss(
+                self.model, *batch, num_draws=lang.sft.elbo_draws, generator=self.mask_generator,
+                logits_at=lang.score_logits,
+            )  # fmt: skip
         metrics = {"loss": float(loss.detach()), "updates": 1.0, "skipped_updates": 1.0}
         if loss_is_finite(loss):
             loss.backward()
@@ -169,10 +170,12 @@ class SFTTrainer:
     def evaluate(self) -> dict[str, float]:
         """Greedy decoding on the fixed evaluation set: eval/accuracy, eval/reward, eval/effective_tokens, eval/nfe."""
         lang = self.cfg.language
-        return evaluate_policy(
-            self.model, self.tokenizer, self.task, self.source.eval_examples, lang.sampler, lang.data.prompt_format,
-            batch_size=lang.eval_batch_size, device=self.device, chat=lang.data.chat_template,
-        )  # fmt: skip
+        with bf16_autocast(self.cfg.train.bf16, self.device):
+            return evaluate_policy(
+                self.model, self.tokenizer, self.task, self.source.eval_examples, lang.sampler,
+                lang.data.prompt_format, batch_size=lang.eval_batch_size, device=self.device,
+                chat=lang.data.chat_template,
+            )  # fmt: skip
 
     def drift_probe(self) -> dict[str, float]:
         """SFT fits reference completions, not its own samples: there is no policy gradient to probe."""

@@ -52,7 +52,7 @@ from dipod.language.batch import RolloutBatch, Samples
 from dipod.language.config import LanguageRunConfig
 from dipod.language.draws import draw_noise
 from dipod.language.lora import frozen_copy, has_adapters, reference_mode
-from dipod.language.models import build_model, build_tokenizer, max_positions
+from dipod.language.models import bf16_autocast, build_model, build_tokenizer, max_positions
 from dipod.language.probe import language_drift_probe
 from dipod.language.rollout import (
     ExampleSource,
@@ -242,9 +242,7 @@ class LanguageTrainer:
             yield slice(start, min(start + step, size))
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.cfg.train.bf16 and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return bf16_autocast(self.cfg.train.bf16, self.device)
 
     def token_logprobs(self, model: Any, batch: RolloutBatch, draws: MaskDraws) -> torch.Tensor:
         """(B, K, L) token log-probs of ``model`` under ``draws``: one batched forward pass."""

@@ -149,29 +149,34 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 class _InterruptFlag:
-    """SIGINT sets a flag so the loop finishes its step and checkpoints; a second SIGINT aborts at once."""
+    """SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption or time limit, ``timeout``) sets a flag so the loop
+    finishes its step and checkpoints; a second signal aborts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, say: Callable[[str], None]) -> None:
         self.raised = False
         self._say = say
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _InterruptFlag:
         try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: no handler, Ctrl-C behaves as usual
-            self._previous = None
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        except ValueError:  # not the main thread: no handler, the signals behave as usual
+            self._previous = {}
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.raised:
             raise KeyboardInterrupt
         self.raised = True
-        self._say("interrupt: finishing this step and writing a checkpoint (Ctrl-C again to abort without one)")
+        self._say(
+            f"{signal.Signals(signum).name}: finishing this step and writing a checkpoint (again to abort without one)"
+        )
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 # --------------------------------------------------------------------------- run directory and trainer

@@ -11,11 +11,10 @@ import contextlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from dipod.control.bc import BCTrainer, bc_run_config
 from dipod.control.config import ControlRunConfig
 from dipod.language.config import LanguageRunConfig
 from dipod.language.sft import SFTTrainer, sft_run_config
@@ -23,6 +22,18 @@ from dipod.runs.hooks import StatelessHook
 from dipod.runs.loop import Resume, run_training
 from dipod.runs.metrics import read_metrics
 from dipod.types import Trainer
+
+if TYPE_CHECKING:
+    from dipod.control.bc import BCTrainer
+
+
+class SFTInterrupted(Exception):
+    """The SFT run stopped on a signal before its last step: checkpointed, nothing exported yet
+    (``resume="always"`` continues it and exports at the end)."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"supervised pre-training interrupted after step {step}; continue with --resume")
+        self.step = step
 
 
 class ExportModel(StatelessHook):
@@ -51,7 +62,8 @@ def train_sft(
 
     ``out_dir`` becomes a run directory (metrics.jsonl, checkpoints/, ...) that also holds the saved model and
     tokenizer, loadable as ``language.model.path``; None trains in a temporary directory. Rows have ``step``,
-    ``loss`` (-ELBO per token), ``grad_norm`` and, at evaluation steps, ``eval/*``.
+    ``loss`` (-ELBO per token), ``grad_norm`` and, at evaluation steps, ``eval/*``. A run stopped by SIGINT or
+    SIGTERM raises ``SFTInterrupted`` after its checkpoint.
     """
     cfg = sft_run_config(cfg)
     built: list[SFTTrainer] = []
@@ -64,7 +76,9 @@ def train_sft(
         where = Path(where)
         export = ExportModel(where, cfg.train.steps)
         with torch.random.fork_rng(devices=[]):  # the loop seeds the global RNGs: keep the caller's as they were
-            run_training(cfg, where, trainer_factory=factory, resume=resume, quiet=quiet, hooks=[export])
+            result = run_training(cfg, where, trainer_factory=factory, resume=resume, quiet=quiet, hooks=[export])
+        if result.status == "interrupted":
+            raise SFTInterrupted(result.step)
         rows = read_metrics(where / "metrics.jsonl")
     return export.model if export.model is not None else built[-1].model, built[-1].tokenizer, rows
 
@@ -84,6 +98,8 @@ def train_bc(cfg: ControlRunConfig, *, out_dir: str | Path, resume: Resume = "ne
     """Clone ``cfg``'s demonstrations (``control.bc``) into a flow policy; ``out_dir`` becomes the run directory
     (metrics.jsonl with ``loss``, ``val/cfm_loss``, ``val/elbo``, ``eval/return``; checkpoints/ that
     ``control.init_from`` and ``load_pretrained_actor`` read)."""
+    from dipod.control.bc import BCTrainer, bc_run_config  # gymnasium: the control extra, not needed for language
+
     cfg = bc_run_config(cfg)
     built: list[BCTrainer] = []
 

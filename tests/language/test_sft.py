@@ -4,15 +4,17 @@
 from __future__ import annotations
 
 import math
+import signal
 from pathlib import Path
 
+import pytest
 import torch
 
 from dipod.language.lora import has_adapters, reference_mode
 from dipod.language.models import build_model, build_tokenizer
-from dipod.language.sft import masked_diffusion_loss, merge_adapters, sft_tensors
+from dipod.language.sft import SFTTrainer, masked_diffusion_loss, merge_adapters, sft_tensors
 from dipod.language.tasks import get_task
-from dipod.runs.sft import train_sft
+from dipod.runs.sft import SFTInterrupted, train_sft
 from tests.language.language_helpers import tiny_config
 
 
@@ -67,6 +69,25 @@ def test_targets_are_eos_padded_to_gen_length(tiny_cfg):
     assert tok.decode(completion[0]) == text
     assert (completion[0, len(text) :] == tok.eos_token_id).all()
     assert prompt_attn.dtype == torch.bool and prompt_ids.shape == prompt_attn.shape
+
+
+def test_an_interrupted_sft_exports_nothing_until_resumed(tmp_path, monkeypatch):
+    cfg = tiny_config(language={"sft": {"steps": 4, "eval_every": 0}})
+    real_step = SFTTrainer.train_step
+
+    def interrupting_step(self):
+        out = real_step(self)
+        if self.step == 2:
+            signal.raise_signal(signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(SFTTrainer, "train_step", interrupting_step)
+    with pytest.raises(SFTInterrupted, match="after step 2"):
+        train_sft(cfg, out_dir=tmp_path)
+    assert not (tmp_path / "model.safetensors").exists()
+    monkeypatch.setattr(SFTTrainer, "train_step", real_step)
+    _, _, rows = train_sft(cfg, out_dir=tmp_path, resume="always")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and (tmp_path / "model.safetensors").is_file()
 
 
 def test_sft_lowers_the_loss_and_saves(tmp_path):

@@ -222,7 +222,8 @@ def test_is_bad_step():
     assert not is_bad_step({"loss": 1.0, "skipped_updates": 0.0, "grad_norm": math.inf})
 
 
-def test_sigint_checkpoints_then_resume_matches(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_checkpoints_then_resume_matches(tmp_path, sig):
     cfg = fake_config(steps=6, checkpoint_every=100)
     run_training(cfg, tmp_path / "full", trainer_factory=FakeTrainer, quiet=True)
 
@@ -230,7 +231,7 @@ def test_sigint_checkpoints_then_resume_matches(tmp_path):
         def train_step(self):
             out = super().train_step()
             if self.step == 3:
-                signal.raise_signal(signal.SIGINT)
+                signal.raise_signal(sig)
             return out
 
     result = run_training(cfg, tmp_path / "part", trainer_factory=Interrupting, quiet=True)
