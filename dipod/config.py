@@ -78,6 +78,9 @@ class DriftConfig(Strict):
     """Fresh samples in the probe batch."""
     num_orders: int = Field(16, ge=1)
     """Language: orders for the importance-weighted log-likelihood where exact enumeration is too big."""
+    chunk_rows: int = Field(256, ge=1)
+    """Language: decoding states (probe_size * num_orders * completion length in all) per forward pass; the
+    log-likelihood's gradient is accumulated chunk by chunk, so this bounds the probe's memory."""
 
 
 class AdaptiveBetaConfig(Strict):

@@ -438,6 +438,75 @@ def all_orders(length: int, batch: int = 1, device: torch.device | str = "cpu") 
     return perms[None].expand(batch, -1, -1)
 
 
+@dataclass
+class OrderStates:
+    """The B * K * L decoding states of K unmasking orders of each completion, one row each.
+
+    Row (b, k, j) is completion b with the positions revealed after step j of order k masked; it predicts
+    position ``orders[b, k, j]``. Rows run over b, then k, then j.
+    """
+
+    inputs: torch.Tensor
+    """(S, T) prompt + noisy completion, S = B * K * L."""
+    attention: torch.Tensor | None
+    """(S, T) bool attention mask, or None."""
+    predicted: torch.Tensor
+    """(S,) long: the completion position each row predicts."""
+    targets: torch.Tensor
+    """(S,) long: the token at that position."""
+    counted: torch.Tensor
+    """(S,) bool: the row's step reveals a valid token (steps past a completion's length predict nothing)."""
+    shape: tuple[int, int, int]
+    """(B, K, L)."""
+
+
+def order_states(
+    prompt_ids: torch.Tensor,
+    completion_ids: torch.Tensor,
+    valid: torch.Tensor,
+    orders: torch.Tensor,
+    *,
+    mask_id: int,
+    attention_mask: torch.Tensor | None = None,
+) -> OrderStates:
+    """Every decoding state of ``orders`` (B, K, L), valid positions first (``random_orders``)."""
+    batch, num_orders, length = orders.shape
+    ranks = orders.argsort(-1)  # (B, K, L) step at which each position is revealed
+    steps = torch.arange(length, device=orders.device)
+    masked = (ranks[:, :, None, :] >= steps[None, None, :, None]) & valid[:, None, None, :]  # (B, K, L_step, L)
+    draws = MaskDraws(
+        mask=masked.reshape(batch, num_orders * length, length),
+        weight=torch.ones(batch, num_orders * length, device=orders.device),
+        t=torch.ones(batch, num_orders * length, device=orders.device),
+    )
+    noisy = masked_inputs(prompt_ids, completion_ids, draws, mask_id)  # (B, K*L, T)
+    total = noisy.shape[-1]
+    attention = None
+    if attention_mask is not None:
+        attention = attention_mask[:, None, :].expand(batch, num_orders * length, total).reshape(-1, total)
+    predicted = orders.reshape(-1)  # (S,): step j of order k predicts orders[b, k, j]
+    targets = completion_ids[:, None, :].expand(batch, num_orders, length).gather(-1, orders).reshape(-1)
+    counted = (valid.sum(-1)[:, None, None] > steps[None, None, :]).expand(batch, num_orders, length).reshape(-1)
+    return OrderStates(noisy.reshape(-1, total), attention, predicted, targets, counted, (batch, num_orders, length))
+
+
+def order_state_logprobs(logits_fn: LogitsFn, states: OrderStates, rows: slice) -> torch.Tensor:
+    """(s,) log p(target | state) of the states in ``rows`` (0 where a state predicts nothing)."""
+    length = states.shape[2]
+    attention = None if states.attention is None else states.attention[rows]
+    logits = logits_fn(states.inputs[rows], attention)[:, -length:]  # (s, L, V)
+    at = states.predicted[rows]
+    logits = logits.gather(1, at[:, None, None].expand(-1, 1, logits.shape[-1])).squeeze(1)  # (s, V)
+    logp = token_logprobs_from_logits(logits, states.targets[rows])  # (s,)
+    return torch.where(states.counted[rows], logp, torch.zeros_like(logp))
+
+
+def state_chunks(states: OrderStates, max_rows: int) -> list[slice]:
+    """Consecutive slices of at most ``max_rows`` decoding states (memory chunks, not per-sample work)."""
+    count = states.inputs.shape[0]
+    return [slice(start, min(start + max_rows, count)) for start in range(0, count, max_rows)]
+
+
 def any_order_loglik(
     logits_fn: LogitsFn,
     prompt_ids: torch.Tensor,
@@ -457,33 +526,14 @@ def any_order_loglik(
     Args:
         orders: (B, K, L) long permutations with the valid positions first (``random_orders``).
     """
-    batch, num_orders, length = orders.shape
-    ranks = orders.argsort(-1)  # (B, K, L) step at which each position is revealed
-    steps = torch.arange(length, device=orders.device)
-    masked = (ranks[:, :, None, :] >= steps[None, None, :, None]) & valid[:, None, None, :]  # (B, K, L_step, L)
-    flat_masks = masked.reshape(batch, num_orders * length, length)
-    draws = MaskDraws(
-        mask=flat_masks,
-        weight=torch.ones(batch, num_orders * length, device=orders.device),
-        t=torch.ones(batch, num_orders * length, device=orders.device),
-    )
-    noisy = masked_inputs(prompt_ids, completion_ids, draws, mask_id)  # (B, K*L, T)
-    total = noisy.shape[-1]
-    rows = noisy.reshape(-1, total)
-    attn = None
-    if attention_mask is not None:
-        attn = attention_mask[:, None, :].expand(batch, num_orders * length, total).reshape(-1, total)
-    targets = completion_ids[:, None, :].expand(batch, num_orders * length, length).reshape(-1, length)
-    pieces = []
-    for start in range(0, rows.shape[0], max_rows):  # memory chunks, not per-sample work
-        stop = start + max_rows
-        logits = logits_fn(rows[start:stop], None if attn is None else attn[start:stop])[:, total - length :]
-        pieces.append(token_logprobs_from_logits(logits, targets[start:stop]))
-    token_logp = torch.cat(pieces).view(batch, num_orders, length, length)  # (B, K, L_step, L)
-    predicted = orders[:, :, :, None]  # (B, K, L_step, 1): position revealed at each step
-    step_logp = token_logp.gather(-1, predicted).squeeze(-1)  # (B, K, L_step)
-    counts = valid.sum(-1)[:, None, None] > steps[None, None, :]  # (B, 1, L_step) steps that reveal a token
-    return torch.where(counts, step_logp, torch.zeros_like(step_logp)).sum(-1)
+    states = order_states(prompt_ids, completion_ids, valid, orders, mask_id=mask_id, attention_mask=attention_mask)
+    return order_logliks_of_states(logits_fn, states, max_rows)
+
+
+def order_logliks_of_states(logits_fn: LogitsFn, states: OrderStates, max_rows: int) -> torch.Tensor:
+    """(B, K) any-order log-likelihoods from every decoding state, ``max_rows`` states per forward pass."""
+    step_logp = torch.cat([order_state_logprobs(logits_fn, states, rows) for rows in state_chunks(states, max_rows)])
+    return step_logp.view(states.shape).sum(-1)
 
 
 def order_elbo(order_loglik: torch.Tensor) -> torch.Tensor:

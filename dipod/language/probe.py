@@ -10,22 +10,27 @@ Shape legend: B probe batch, K masking draws or orders, P prompt length, L compl
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 
 from dipod.bounds.masked import (
     LogitsFn,
     MaskDraws,
+    OrderStates,
     all_orders,
     any_order_loglik,
     elbo_from_logprobs,
     masked_token_logprobs,
     order_elbo,
     order_iw_loglik,
+    order_logliks_of_states,
+    order_state_logprobs,
+    order_states,
     random_orders,
+    state_chunks,
 )
-from dipod.diagnostics.drift import gap, grad_cosine, true_pg_loss
+from dipod.diagnostics.drift import cosine, flat_grad, gap
 from dipod.objectives import MaskedScores, ObjectiveParams, get_objective
 
 
@@ -44,6 +49,16 @@ def _exact_orders(valid: torch.Tensor, span: int) -> torch.Tensor:
     return orders.gather(-1, invalid.argsort(dim=-1, stable=True))
 
 
+def probe_orders(valid: torch.Tensor, num_orders: int, generator: torch.Generator) -> tuple[torch.Tensor, bool]:
+    """(B, K, L) unmasking orders, valid positions first: every order when L! <= ``num_orders`` (exact), else K
+    random ones. Returns (orders, exact)."""
+    # Positions past the last valid one are never masked nor predicted, so only the first `span`
+    # positions need enumerating (they stay in the input as context either way).
+    span = int(valid.any(0).nonzero().max()) + 1 if bool(valid.any()) else 1
+    exact = math.factorial(span) <= num_orders
+    return (_exact_orders(valid, span) if exact else random_orders(valid, num_orders, generator=generator)), exact
+
+
 def language_order_logliks(
     logits_fn: LogitsFn,
     prompt_ids: torch.Tensor,
@@ -54,21 +69,46 @@ def language_order_logliks(
     num_orders: int,
     generator: torch.Generator,
     attention_mask: torch.Tensor | None = None,
+    max_rows: int = 4096,
 ) -> tuple[torch.Tensor, bool]:
     """(B, K) any-order AR log-likelihoods: every order when L! <= ``num_orders`` (exact), else K random ones.
 
     Returns (order log-likelihoods, exact). ``order_iw_loglik`` of them is log pi (exact) or the
     K-order importance-weighted bound; their mean is the ELBO (exact, or unbiased).
     """
-    # Positions past the last valid one are never masked nor predicted, so only the first `span`
-    # positions need enumerating (they stay in the input as context either way).
-    span = int(valid.any(0).nonzero().max()) + 1 if bool(valid.any()) else 1
-    exact = math.factorial(span) <= num_orders
-    orders = _exact_orders(valid, span) if exact else random_orders(valid, num_orders, generator=generator)
+    orders, exact = probe_orders(valid, num_orders, generator)
     order_loglik = any_order_loglik(
-        logits_fn, prompt_ids, completion_ids, valid, orders, mask_id=mask_id, attention_mask=attention_mask
-    )  # (B, K)
+        logits_fn, prompt_ids, completion_ids, valid, orders, mask_id=mask_id, attention_mask=attention_mask,
+        max_rows=max_rows,
+    )  # fmt: skip
     return order_loglik, exact
+
+
+def order_loglik_grad(
+    logits_fn: LogitsFn,
+    params: Sequence[torch.Tensor],
+    states: OrderStates,
+    coef: torch.Tensor,
+    *,
+    max_rows: int,
+) -> torch.Tensor:
+    """Flat gradient of sum_{b,k} coef[b, k] * order_loglik[b, k] over ``params``, one chunk of at most
+    ``max_rows`` decoding states alive at a time.
+
+    The functional is linear in the states' log-probs, so each chunk's gradient is computed and summed on its
+    own: the memory of one chunk's graph instead of all B * K * L states' (which at 1B parameters and 64-token
+    completions is more than a GPU holds).
+
+    Args:
+        coef: (B, K) weights, no gradient.
+    """
+    per_state = coef.detach()[:, :, None].expand(states.shape).reshape(-1)  # (S,)
+    total = None
+    for rows in state_chunks(states, max_rows):
+        with torch.enable_grad():
+            part = flat_grad((per_state[rows] * order_state_logprobs(logits_fn, states, rows)).sum(), params)
+        total = part if total is None else total + part
+    return total
 
 
 def language_loglik(
@@ -107,6 +147,7 @@ def language_drift_probe(
     num_orders: int,
     generator: torch.Generator,
     attention_mask: torch.Tensor | None = None,
+    max_rows: int = 256,
 ) -> dict[str, float]:
     """Drift metrics of a masked diffusion LM on a probe batch of fresh completions with their advantages.
 
@@ -123,6 +164,8 @@ def language_drift_probe(
     Args:
         prompt_ids: (B, P). completion_ids: (B, L). valid: (B, L) bool. adv: (B,).
         objective_params: the objective's settings. draws: fresh masks of the objective's kind (``draw_noise``).
+        max_rows: decoding states per forward pass (``drift.chunk_rows``): the log-likelihood's gradient is
+            accumulated chunk by chunk, so the probe's memory is one chunk's graph, whatever B * K * L is.
     """
     params = [p for p in params if p.requires_grad]
     objective = get_objective("language", objective_params.name)
@@ -131,20 +174,23 @@ def language_drift_probe(
         token_logp = masked_token_logprobs(logits_fn, prompt_ids, completion_ids, draws, **score)  # (B, K, L)
         new = MaskedScores(token_logp, draws, valid)
         old = MaskedScores(token_logp.detach(), draws, valid)
-        pg_loss = objective.fn(new, old, adv, objective_params).loss
-        order_loglik, exact = language_order_logliks(
-            logits_fn, prompt_ids, completion_ids, valid, mask_id=mask_id, num_orders=num_orders,
-            generator=generator, attention_mask=attention_mask,
-        )  # fmt: skip
-        loglik = order_iw_loglik(order_loglik)  # (B,)
-        cos = grad_cosine(pg_loss, true_pg_loss(loglik, adv), params)
+        proxy_grad = flat_grad(objective.fn(new, old, adv, objective_params).loss, params)
+    token_logp = token_logp.detach()
+    orders, exact = probe_orders(valid, num_orders, generator)
+    states = order_states(prompt_ids, completion_ids, valid, orders, **score)
+    with torch.no_grad():
+        order_loglik = order_logliks_of_states(logits_fn, states, max_rows)  # (B, K)
+    loglik = order_iw_loglik(order_loglik)  # (B,)
+    # The true PG loss -mean_b A_b * logmeanexp_k(order_loglik) has the gradient of sum_{b,k} coef * order_loglik
+    # with coef = -A_b / B * softmax_k(order_loglik_b): a second, chunked pass with graphs gives it.
+    coef = -adv.to(order_loglik.dtype)[:, None] / adv.shape[0] * order_loglik.softmax(-1)  # (B, K)
+    cos = cosine(proxy_grad, order_loglik_grad(logits_fn, params, states, coef, max_rows=max_rows))
     # The ELBO as the mean over the same orders: unbiased for the count-scheme ELBO, and the gap
     # logmeanexp - mean >= 0 on every sample, with far less variance than a separate MC estimate.
-    order_loglik, loglik = order_loglik.detach(), loglik.detach()
     elbo = order_elbo(order_loglik)
     extra = {}
     if objective.draws == "elbo":  # the method's own K-draw estimate comes for free
-        extra["drift/elbo_mc"] = float(elbo_from_logprobs(token_logp.detach(), draws, valid, scale="sum").mean())
+        extra["drift/elbo_mc"] = float(elbo_from_logprobs(token_logp, draws, valid, scale="sum").mean())
     return {
         "drift/elbo": float(elbo.mean()),
         "drift/loglik": float(loglik.mean()),

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # What one lent GPU machine runs (RESULTS.md §0f): the CUDA tests, then experiments/gpu/run.sh at 1B, with the GPU's
 # memory and load sampled every 5 s; results packed into $OUT. Needs pydantic as wheels in .whl/ (the image has
-# none); run from the repository root:  bash experiments/gpu/device_check.sh SFT_STEPS SFT_SECONDS RL_SECONDS
+# none); run from the repository root:  bash experiments/gpu/device_check.sh SFT_STEPS SFT_SECONDS RL_SECONDS [TESTS]
 set -uo pipefail
-sft_steps=${1:-600} sft_seconds=${2:-180} rl_seconds=${3:-270}
+sft_steps=${1:-600} sft_seconds=${2:-180} rl_seconds=${3:-270} tests=${4:-yes}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD
@@ -11,7 +11,7 @@ export PYTHONPATH=/tmp/site:$PWD
   python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
 } | tee "$OUT/gpu.txt"
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 > "$OUT/smi.csv" 2>&1 &
-timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee "$OUT/pytest.txt"
+[ "$tests" = yes ] && timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee "$OUT/pytest.txt"
 start=$(date +%s)
 SFT_SECONDS=$sft_seconds bash experiments/gpu/run.sh /tmp/gpu 1b cuda "$sft_steps" "$rl_seconds" 2>&1 | tee "$OUT/run.log"
 echo "chain seconds: $(( $(date +%s) - start ))" | tee -a "$OUT/run.log"

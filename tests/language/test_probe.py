@@ -5,11 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dipod.bounds.masked import all_orders, any_order_loglik, draw_masks, exact_loglik, order_iw_loglik
+from dipod.bounds.masked import (
+    all_orders,
+    any_order_loglik,
+    draw_masks,
+    exact_loglik,
+    order_iw_loglik,
+    order_states,
+    random_orders,
+)
 from dipod.diagnostics import toy
+from dipod.diagnostics.drift import flat_grad, true_pg_loss
 from dipod.language.config import LanguageConfig
 from dipod.language.draws import draw_noise
-from dipod.language.probe import language_drift_probe, language_loglik
+from dipod.language.probe import language_drift_probe, language_loglik, order_loglik_grad
 from dipod.objectives import get_objective, make_params
 
 VOCAB, MASK_ID, P, L, B = 5, 5, 2, 3, 6
@@ -170,3 +179,37 @@ def test_draw_noise_one_step_and_prompt_masks() -> None:
     assert float(draws.prompt_mask[..., 1:].float().mean()) == pytest.approx(0.25, abs=0.05)
     with pytest.raises(ValueError):
         draw_noise("flow", valid, prompt_valid, lang, generator=torch.Generator())
+
+
+def test_chunked_loglik_gradient_equals_autograd_of_the_true_pg_loss() -> None:
+    """The probe's chunked two-pass gradient is the gradient of -mean(A * logmeanexp_k order_loglik)."""
+    model = TinyMaskedLM()
+    prompt, completion, adv = _batch()
+    valid = torch.arange(L)[None, :] < torch.tensor([3, 2, 3, 1, 3, 2])[:, None]  # unequal lengths
+    orders = random_orders(valid, 4, generator=torch.Generator().manual_seed(1))
+    params = list(model.parameters())
+    order_loglik = any_order_loglik(model, prompt, completion, valid, orders, mask_id=MASK_ID)  # (B, K)
+    expected = flat_grad(true_pg_loss(order_iw_loglik(order_loglik), adv), params)
+    states = order_states(prompt, completion, valid, orders, mask_id=MASK_ID)
+    coef = -adv[:, None] / B * order_loglik.detach().softmax(-1)
+    for max_rows in (5, 10_000):  # chunks that split orders and samples, and one pass
+        got = order_loglik_grad(model, params, states, coef, max_rows=max_rows)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_probe_metrics_do_not_depend_on_the_chunk_size() -> None:
+    model = TinyMaskedLM()
+    prompt, completion, adv = _batch()
+    valid = torch.ones(B, L, dtype=torch.bool)
+    fpo = make_params("language", "fpo")
+
+    def probe(max_rows: int) -> dict[str, float]:
+        return language_drift_probe(
+            model, model.parameters(), prompt, completion, valid, adv, fpo, _draws("fpo", valid, prompt),
+            mask_id=MASK_ID, num_orders=4, generator=torch.Generator().manual_seed(0), max_rows=max_rows,
+        )  # fmt: skip
+
+    runs = [probe(7), probe(4096)]
+    assert runs[0].keys() == runs[1].keys()
+    for key in runs[0]:
+        assert runs[0][key] == pytest.approx(runs[1][key], rel=1e-5, abs=1e-6), key
