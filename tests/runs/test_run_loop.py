@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+import dipod.runs.trainers as trainers
 from dipod.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
 from dipod.config import ConfigError
 from dipod.runs import BadStepsError, run_training
 from dipod.runs.config import load_config
+from dipod.runs.grid import GridRun, run_grid
 from dipod.runs.loop import RunDirError, is_bad_step, nonfinite_tensors
 from dipod.runs.metrics import read_metrics
 from tests.runs.cli_helpers import untimed
@@ -293,3 +295,22 @@ def test_resume_of_a_directory_without_a_run_is_an_error_and_auto_resume_starts(
     first = run_training(cfg, tmp_path / "auto", trainer_factory=FakeTrainer, quiet=True, resume="auto")
     again = run_training(cfg, tmp_path / "auto", trainer_factory=FakeTrainer, quiet=True, resume="auto")
     assert first.step == again.step == 2  # the second call found the finished run and had nothing left to do
+
+
+def test_an_interrupted_run_stops_its_grid_and_a_rerun_continues(tmp_path, monkeypatch):
+    class InterruptedOnce(FakeTrainer):
+        def train_step(self):
+            out = super().train_step()
+            if self.step == 2 and not (tmp_path / "signalled").exists():
+                (tmp_path / "signalled").touch()
+                signal.raise_signal(signal.SIGTERM)
+            return out
+
+    monkeypatch.setattr(trainers, "build_trainer", lambda cfg, device=None: InterruptedOnce(cfg))
+    runs = [GridRun(f"run{i}", fake_config(steps=4), tmp_path / f"run{i}") for i in range(3)]
+    first = run_grid(runs, jobs=1, quiet=True)
+    assert [info["status"] for info in first] == ["interrupted", "not started", "not started"]
+    assert not runs[1].run_dir.exists()
+    second = run_grid(runs, jobs=1, quiet=True)
+    assert [info["status"] for info in second] == ["completed"] * 3
+    assert [r["step"] for r in read_metrics(runs[0].run_dir / "metrics.jsonl")] == [1, 2, 3, 4]
