@@ -137,6 +137,8 @@ class DataConfig(BaseModel):
     countdown_numbers: int = Field(3, ge=2, le=5)
     countdown_max_number: int = Field(9, ge=1)
     countdown_max_target: int = Field(99, ge=1)
+    sort_numbers: int = Field(12, ge=2, le=32)
+    """Sorting: numbers per list (two digits each: a completion of 3 * n - 1 characters)."""
     gsm8k_grading: Literal["exact", "numeric"] = "exact"
     """GSM8K correctness: exact (the release: the answer string equals the text after '####') or numeric
     (the same number: '$18', '18.0', '+18', '018', '1200' vs '1,200' count; '1,8' and non-ASCII digits do not)."""

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from dipod.language.tasks import TASKS, DataError, countdown, get_task, gsm8k, math500, sudoku
+from dipod.language.tasks import TASKS, DataError, countdown, get_task, gsm8k, math500, sorting, sudoku
 from dipod.language.tasks.arith import evaluate
 from dipod.language.tasks.prompts import d1_completion
 from dipod.language.tasks.rewards import parse_number, soft_format_reward, strict_format_reward, xml_count_reward
@@ -59,7 +59,7 @@ def test_rewards_never_raise_and_score_garbage_zero(name, fmt):
 
 
 def test_unknown_task_lists_choices():
-    with pytest.raises(ValueError, match="countdown, gsm8k, math500, sudoku"):
+    with pytest.raises(ValueError, match="countdown, gsm8k, math500, sort, sudoku"):
         get_task("chess")
 
 
@@ -171,6 +171,32 @@ def test_countdown_parquet_matches_jsonl():
 
     task = get_task("countdown")
     assert task.load(sample_path("countdown.parquet")) == task.load(sample_path("countdown.jsonl"))
+
+
+# --------------------------------------------------------------------------- sorting
+
+
+def test_sorting_reward_is_the_fraction_of_positions_right():
+    ex = sorting.SortExample((42, 7, 15, 99))
+    assert sorting.prompt(ex, "compact") == "42,07,15,99"
+    assert sorting.target(ex, "compact") == "07,15,42,99"
+    assert sorting.reward("07,15,42,99", ex, "compact") == 1.0
+    assert sorting.reward("07,15,99,42", ex, "compact") == 0.5  # two positions right
+    assert sorting.reward("7,15,42,99", ex, "compact") == 0.75  # one digit where two are required
+    assert sorting.reward("07,15", ex, "compact") == 0.5  # missing fields are wrong
+    assert sorting.reward("07,15,42,99,00,11", ex, "compact") == 1.0  # extra fields are not read
+    assert sorting.reward("<answer>07, 15, 42, 99</answer>", ex, "d1") == 1.0
+    assert sorting.reward("07,15,42,99", ex, "d1") == 0.0  # d1 needs the answer tags
+    assert sorting.accuracy("07,15,99,42", ex, "compact") == 0.5
+
+
+def test_sorting_generator_gives_completions_of_three_characters_a_number():
+    rng = np.random.default_rng(0)
+    examples = sorting.generate(50, rng, count=12)
+    assert all(len(ex.nums) == 12 and all(0 <= v <= 99 for v in ex.nums) for ex in examples)
+    assert {len(sorting.target(ex, "compact")) for ex in examples} == {35}
+    with pytest.raises(ValueError, match="count"):
+        sorting.generate(1, rng, count=1)
 
 
 # --------------------------------------------------------------------------- gsm8k / math
@@ -292,6 +318,7 @@ def _write(path, lines):
             "question",
         ),
         ("math500", "m.jsonl", [json.dumps({"problem": "p", "answer": ""})], 1, "answer"),
+        ("sort", "s.jsonl", ['{"nums": [1, 2]}', '{"nums": [1, 200]}'], 2, "nums"),
     ],
 )
 def test_bad_data_file_names_file_line_field(tmp_path, name, filename, lines, line, field):
