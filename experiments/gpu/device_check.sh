@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # What one lent GPU machine runs (RESULTS.md §0f): the CUDA tests, then experiments/gpu/run.sh at 1B, with the GPU's
-# memory and load sampled every 5 s; results packed into $OUT. Needs pydantic as wheels in .whl/ (the image has
-# none); run from the repository root:  bash experiments/gpu/device_check.sh SFT_STEPS SFT_SECONDS RL_SECONDS [TESTS]
+# memory and load sampled every 5 s; results packed into $OUT. Needs pydantic as wheels in .whl/ where the GPU
+# machine has none and no network, fetched beforehand with
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d .whl \
+#     pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 typing_extensions==4.16.0
+# Run from the repository root:  bash experiments/gpu/device_check.sh SFT_STEPS SFT_SECONDS RL_SECONDS [TESTS]
 set -uo pipefail
 sft_steps=${1:-600} sft_seconds=${2:-180} rl_seconds=${3:-270} tests=${4:-yes}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
