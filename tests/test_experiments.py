@@ -35,3 +35,48 @@ def test_a_bad_variant_names_the_spec_and_the_key(tmp_path):
     )
     with pytest.raises(ValueError, match=r"(?s)bad.yaml, variant 'v'.*unknown key `objective.clip`"):
         experiments.load_spec(spec)
+
+
+def test_the_gpu_checks_model_loads_as_llada_does_and_trains_one_lora_step(tmp_path, monkeypatch):
+    """experiments/gpu at CPU size: its data parse as GSM8K, its model loads through trust_remote_code with
+    LLaDA's module names and config mask id, attends both ways, and a release-regime LoRA step moves the adapters."""
+    import subprocess
+
+    import torch
+
+    from dipod.language.trainer import LanguageTrainer
+    from dipod.runs.config import load_config
+
+    out = tmp_path / "gpu"
+    prepare = [sys.executable, str(ROOT / "experiments" / "gpu" / "prepare.py"), str(out), "--size", "tiny"]
+    subprocess.run([*prepare, "--train", "200", "--test", "8"], check=True, capture_output=True, cwd=ROOT)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    data = [f"language.data.train_path={out}/data/train.jsonl", f"language.data.eval_path={out}/data/test.jsonl"]
+    cfg = load_config(
+        ROOT / "experiments" / "gpu" / "gsm8k_release.yaml",
+        [f"language.model.path={out}/model", "train.device=cpu", "train.bf16=false", "language.model.dtype=float32",
+         "language.prompts_per_step=1", "language.num_iterations=2", "language.data.eval_size=8",
+         "language.sampler.gen_length=32", "language.sampler.block_length=32", "language.sampler.steps=8", *data],
+    )  # fmt: skip
+    trainer = LanguageTrainer(cfg)
+    net = trainer.model.net  # the adapter wraps the remote-code model (adapters injected in place)
+    assert type(net).__name__ == "LladaArchModel" and trainer.tokenizer.mask_token_id == net.config.mask_token_id
+    ids = torch.randint(0, 100, (1, 12))
+    with torch.no_grad():
+        changed = ids.clone()
+        changed[0, -1] = (ids[0, -1] + 1) % 100
+        first = trainer.model(ids)[0, 0]
+        assert not torch.allclose(first, trainer.model(changed)[0, 0])  # position 0 sees the last token
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    metrics = trainer.train_step()
+    moved = {n for n, p in trainer.model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert metrics["updates"] == 2 and moved and all("lora_" in n for n in moved)
+    assert {n.split(".")[-4] for n in moved} == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "attn_out",
+        "ff_proj",
+        "up_proj",
+        "ff_out",
+    }
