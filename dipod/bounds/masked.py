@@ -490,13 +490,26 @@ def order_states(
     return OrderStates(noisy.reshape(-1, total), attention, predicted, targets, counted, (batch, num_orders, length))
 
 
-def order_state_logprobs(logits_fn: LogitsFn, states: OrderStates, rows: slice) -> torch.Tensor:
-    """(s,) log p(target | state) of the states in ``rows`` (0 where a state predicts nothing)."""
+def order_state_logprobs(
+    logits_fn: LogitsFn, states: OrderStates, rows: slice, *, logits_at: LogitsAt = "all"
+) -> torch.Tensor:
+    """(s,) log p(target | state) of the states in ``rows`` (0 where a state predicts nothing).
+
+    ``logits_at="masked"`` asks the model for the logits of each state's predicted position alone, (s, V),
+    through ``positions`` (as ``masked_token_logprobs``); ``"all"`` (any ``LogitsFn``) computes every
+    position's and picks that one. ``"completion"`` is read as ``"all"``.
+    """
     length = states.shape[2]
+    inputs = states.inputs[rows]  # (s, T)
     attention = None if states.attention is None else states.attention[rows]
-    logits = logits_fn(states.inputs[rows], attention)[:, -length:]  # (s, L, V)
-    at = states.predicted[rows]
-    logits = logits.gather(1, at[:, None, None].expand(-1, 1, logits.shape[-1])).squeeze(1)  # (s, V)
+    at = states.predicted[rows] + inputs.shape[1] - length  # (s,) sequence position predicted
+    if logits_at == "masked":
+        positions = torch.zeros_like(inputs, dtype=torch.bool)
+        positions[torch.arange(inputs.shape[0], device=inputs.device), at] = True
+        logits = logits_fn(inputs, attention, positions=positions)  # (s, V): one position per row, in row order
+    else:
+        logits = logits_fn(inputs, attention)  # (s, T, V)
+        logits = logits.gather(1, at[:, None, None].expand(-1, 1, logits.shape[-1])).squeeze(1)  # (s, V)
     logp = token_logprobs_from_logits(logits, states.targets[rows])  # (s,)
     return torch.where(states.counted[rows], logp, torch.zeros_like(logp))
 
@@ -530,9 +543,12 @@ def any_order_loglik(
     return order_logliks_of_states(logits_fn, states, max_rows)
 
 
-def order_logliks_of_states(logits_fn: LogitsFn, states: OrderStates, max_rows: int) -> torch.Tensor:
+def order_logliks_of_states(
+    logits_fn: LogitsFn, states: OrderStates, max_rows: int, *, logits_at: LogitsAt = "all"
+) -> torch.Tensor:
     """(B, K) any-order log-likelihoods from every decoding state, ``max_rows`` states per forward pass."""
-    step_logp = torch.cat([order_state_logprobs(logits_fn, states, rows) for rows in state_chunks(states, max_rows)])
+    chunks = state_chunks(states, max_rows)
+    step_logp = torch.cat([order_state_logprobs(logits_fn, states, rows, logits_at=logits_at) for rows in chunks])
     return step_logp.view(states.shape).sum(-1)
 
 

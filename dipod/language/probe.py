@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from dipod.bounds.masked import (
+    LogitsAt,
     LogitsFn,
     MaskDraws,
     OrderStates,
@@ -91,6 +92,7 @@ def order_loglik_grad(
     coef: torch.Tensor,
     *,
     max_rows: int,
+    logits_at: LogitsAt = "all",
 ) -> torch.Tensor:
     """Flat gradient of sum_{b,k} coef[b, k] * order_loglik[b, k] over ``params``, one chunk of at most
     ``max_rows`` decoding states alive at a time.
@@ -106,7 +108,8 @@ def order_loglik_grad(
     total = None
     for rows in state_chunks(states, max_rows):
         with torch.enable_grad():
-            part = flat_grad((per_state[rows] * order_state_logprobs(logits_fn, states, rows)).sum(), params)
+            logp = order_state_logprobs(logits_fn, states, rows, logits_at=logits_at)  # (s,)
+            part = flat_grad((per_state[rows] * logp).sum(), params)
         total = part if total is None else total + part
     return total
 
@@ -148,6 +151,7 @@ def language_drift_probe(
     generator: torch.Generator,
     attention_mask: torch.Tensor | None = None,
     max_rows: int = 256,
+    logits_at: LogitsAt = "all",
 ) -> dict[str, float]:
     """Drift metrics of a masked diffusion LM on a probe batch of fresh completions with their advantages.
 
@@ -166,12 +170,16 @@ def language_drift_probe(
         objective_params: the objective's settings. draws: fresh masks of the objective's kind (``draw_noise``).
         max_rows: decoding states per forward pass (``drift.chunk_rows``): the log-likelihood's gradient is
             accumulated chunk by chunk, so the probe's memory is one chunk's graph, whatever B * K * L is.
+        logits_at: ``"masked"`` computes each decoding state's logits at its predicted position alone (a model
+            taking ``positions``, as ``language.score_logits``); ``"all"`` works with any ``LogitsFn``.
     """
     params = [p for p in params if p.requires_grad]
     objective = get_objective("language", objective_params.name)
     score = dict(mask_id=mask_id, attention_mask=attention_mask)
     with torch.enable_grad():
-        token_logp = masked_token_logprobs(logits_fn, prompt_ids, completion_ids, draws, **score)  # (B, K, L)
+        token_logp = masked_token_logprobs(
+            logits_fn, prompt_ids, completion_ids, draws, logits_at=logits_at, valid=valid, **score
+        )  # (B, K, L), as training scores it
         new = MaskedScores(token_logp, draws, valid)
         old = MaskedScores(token_logp.detach(), draws, valid)
         proxy_grad = flat_grad(objective.fn(new, old, adv, objective_params).loss, params)
@@ -179,12 +187,13 @@ def language_drift_probe(
     orders, exact = probe_orders(valid, num_orders, generator)
     states = order_states(prompt_ids, completion_ids, valid, orders, **score)
     with torch.no_grad():
-        order_loglik = order_logliks_of_states(logits_fn, states, max_rows)  # (B, K)
+        order_loglik = order_logliks_of_states(logits_fn, states, max_rows, logits_at=logits_at)  # (B, K)
     loglik = order_iw_loglik(order_loglik)  # (B,)
     # The true PG loss -mean_b A_b * logmeanexp_k(order_loglik) has the gradient of sum_{b,k} coef * order_loglik
     # with coef = -A_b / B * softmax_k(order_loglik_b): a second, chunked pass with graphs gives it.
     coef = -adv.to(order_loglik.dtype)[:, None] / adv.shape[0] * order_loglik.softmax(-1)  # (B, K)
-    cos = cosine(proxy_grad, order_loglik_grad(logits_fn, params, states, coef, max_rows=max_rows))
+    true_grad = order_loglik_grad(logits_fn, params, states, coef, max_rows=max_rows, logits_at=logits_at)
+    cos = cosine(proxy_grad, true_grad)
     # The ELBO as the mean over the same orders: unbiased for the count-scheme ELBO, and the gap
     # logmeanexp - mean >= 0 on every sample, with far less variance than a separate MC estimate.
     elbo = order_elbo(order_loglik)

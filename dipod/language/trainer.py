@@ -434,7 +434,7 @@ class LanguageTrainer:
                 self.model, self.params, s.prompt_ids, s.decoded.completion_ids, valid, s.adv, self.cfg.objective,
                 self._draw(valid, s.prompt_attn, self.probe_generator), mask_id=self.tokenizer.mask_token_id,
                 num_orders=self.cfg.drift.num_orders, generator=self.probe_generator, attention_mask=attention,
-                max_rows=self.cfg.drift.chunk_rows,
+                max_rows=self.cfg.drift.chunk_rows, logits_at=self.cfg.language.score_logits,
             )  # fmt: skip
         metrics["drift/reward_mean"] = float(s.rewards.mean())
         return metrics

@@ -213,3 +213,24 @@ def test_probe_metrics_do_not_depend_on_the_chunk_size() -> None:
     assert runs[0].keys() == runs[1].keys()
     for key in runs[0]:
         assert runs[0][key] == pytest.approx(runs[1][key], rel=1e-5, abs=1e-6), key
+
+
+def test_probe_with_logits_at_the_predicted_positions_equals_the_full_logits_path() -> None:
+    from dipod.language.model_tiny import TinyConfig
+    from dipod.language.model_tiny import TinyMaskedLM as Tiny
+
+    model = Tiny(TinyConfig(vocab_size=VOCAB + 1, mask_token_id=MASK_ID, pad_token_id=0, eos_token_id=1, max_seq_len=8,
+                            n_layer=1, n_head=2, n_embd=16), generator=torch.Generator().manual_seed(0))  # fmt: skip
+    prompt, completion, adv = _batch()
+    valid = torch.arange(L)[None, :] < torch.tensor([3, 2, 3, 1, 3, 2])[:, None]
+    fpo = make_params("language", "fpo")
+
+    def probe(logits_at: str) -> dict[str, float]:
+        return language_drift_probe(
+            model, model.parameters(), prompt, completion, valid, adv, fpo, _draws("fpo", valid, prompt),
+            mask_id=MASK_ID, num_orders=4, generator=torch.Generator().manual_seed(0), max_rows=5, logits_at=logits_at,
+        )  # fmt: skip
+
+    masked, full = probe("masked"), probe("all")
+    for key in full:
+        assert masked[key] == pytest.approx(full[key], rel=1e-5, abs=1e-6), key
