@@ -143,6 +143,11 @@ class HealthConfig(Strict):
     max_zero_std_ratio: float | None = Field(0.95, gt=0, le=1)
     """Fire when more than this fraction of groups have all-equal rewards: almost no group carries a learning
     signal (all failing after a collapse, or all solved). Just below 1 so that it needs (nearly) every group."""
+    zero_std_window: int = Field(10, ge=1)
+    """Steps pooled for the equal-rewards signal: their mean ``zero_std_ratio`` is what is compared with
+    ``max_zero_std_ratio``. With a few prompts a step, steps whose every group happens to get equal rewards
+    come in runs in a healthy run (tiny Countdown, 4 groups a step: FPO alone flagged at step 227 with one
+    step's ratio, while its accuracy held); ten steps pool ten times as many groups."""
     max_degenerate_frac: float | None = Field(0.5, gt=0, le=1)
     """Fire when more than this fraction of completions are degenerate (empty, one repeated token, or
     group-identical): at that point most of the batch trains the policy on its own degenerate output."""

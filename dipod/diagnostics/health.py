@@ -288,7 +288,8 @@ class AlarmReport:
 
     metrics: dict[str, float]
     """``health/<signal>`` values, the relative ones (``health/effective_tokens_drop``,
-    ``health/token_nll_drop``, ``health/elbo_shift``), ``health/alarms`` (signals firing now) and
+    ``health/token_nll_drop``, ``health/elbo_shift``), the pooled ``health/zero_std_pooled`` (mean over
+    ``zero_std_window`` steps), ``health/alarms`` (signals firing now) and
     ``health/collapsed`` (1.0 from the first step any signal fired on)."""
     fired: tuple[str, ...]
     """Signals firing at this step (names from ``SIGNALS``)."""
@@ -323,13 +324,22 @@ class CollapseAlarm:
         self.streak = dict.fromkeys(SIGNALS, 0)
         self.collapsed_at: int | None = None
         self.collapse_signals: tuple[str, ...] = ()
+        self.zero_std_recent: list[float] = []
+        """The last ``zero_std_window`` finite ``zero_std_ratio`` values."""
+
+    def _zero_std_pooled(self, ratio: float) -> float:
+        """Mean equal-rewards fraction over the last ``zero_std_window`` steps; NaN until that many were seen."""
+        if math.isfinite(ratio):
+            self.zero_std_recent = [*self.zero_std_recent, ratio][-self.cfg.zero_std_window :]
+        full = len(self.zero_std_recent) == self.cfg.zero_std_window
+        return sum(self.zero_std_recent) / len(self.zero_std_recent) if full else math.nan
 
     def _past(self, signals: HealthSignals, rel: dict[str, float]) -> dict[str, bool]:
         """Which signals are past their thresholds at this step (NaN never is)."""
         c = self.cfg
         checks = {
             "tokens_drop": (rel["health/effective_tokens_drop"], c.max_tokens_drop),
-            "zero_std": (signals.zero_std_ratio, c.max_zero_std_ratio),
+            "zero_std": (rel["health/zero_std_pooled"], c.max_zero_std_ratio),
             "degenerate": (signals.degenerate_frac, c.max_degenerate_frac),
             "nll_drop": (rel["health/token_nll_drop"], c.max_nll_drop),
             "elbo_shift": (abs(rel["health/elbo_shift"]), c.max_elbo_shift),
@@ -348,6 +358,7 @@ class CollapseAlarm:
             "health/effective_tokens_drop": relative_drop(signals.effective_tokens, tokens_ref),
             "health/token_nll_drop": relative_drop(signals.token_nll, nll_ref),
             "health/elbo_shift": signals.elbo_per_token - elbo_ref,  # NaN until the reference exists
+            "health/zero_std_pooled": self._zero_std_pooled(signals.zero_std_ratio),
         }
         past = self._past(signals, rel)
         for name in SIGNALS:
@@ -377,6 +388,7 @@ class CollapseAlarm:
             "streak": dict(self.streak),
             "collapsed_at": self.collapsed_at,
             "collapse_signals": list(self.collapse_signals),
+            "zero_std_recent": list(self.zero_std_recent),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -386,6 +398,7 @@ class CollapseAlarm:
         self.streak = {name: int(state["streak"][name]) for name in SIGNALS}
         self.collapsed_at = state["collapsed_at"]
         self.collapse_signals = tuple(state["collapse_signals"])
+        self.zero_std_recent = [float(v) for v in state.get("zero_std_recent", [])]  # absent before the window
 
 
 __all__ = [

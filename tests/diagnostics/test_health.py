@@ -188,7 +188,7 @@ def test_tokens_drop_fires_after_patience():
 
 
 def test_one_bad_step_is_forgiven_and_collapse_is_sticky():
-    alarm = CollapseAlarm(HealthConfig(patience=2))
+    alarm = CollapseAlarm(HealthConfig(patience=2, zero_std_window=1))
     bad = replace(HEALTHY, zero_std_ratio=1.0)
     reports = [alarm.update(s) for s in [HEALTHY, bad, HEALTHY, bad, bad, HEALTHY, HEALTHY]]
     assert [r.fired for r in reports] == [(), (), (), (), ("zero_std",), (), ()]
@@ -208,9 +208,24 @@ def test_one_bad_step_is_forgiven_and_collapse_is_sticky():
     ],
 )
 def test_each_signal_fires(bad: dict, signal: str):
-    alarm = CollapseAlarm(HealthConfig(patience=1))
+    alarm = CollapseAlarm(HealthConfig(patience=1, zero_std_window=1))
     reports = [alarm.update(s) for s in [HEALTHY] * 3 + [replace(HEALTHY, **bad)]]
     assert [r.fired for r in reports] == [(), (), (), (signal,)]
+
+
+def test_equal_reward_groups_are_pooled_over_a_window_of_steps():
+    # 4 groups a step: runs of steps where every group's rewards happen to be equal, in a healthy run
+    lucky = [replace(HEALTHY, zero_std_ratio=r) for r in [1.0, 1.0, 1.0, 0.75, 1.0, 1.0, 1.0, 1.0, 0.5, 1.0] * 3]
+    one_step = CollapseAlarm(HealthConfig(zero_std_window=1))
+    assert [one_step.update(s).fired for s in lucky][:3] == [(), (), ("zero_std",)]  # three lucky steps: flagged
+    alarm = CollapseAlarm(HealthConfig(zero_std_window=10))
+    reports = [alarm.update(s) for s in lucky]
+    assert not any(r.fired for r in reports)  # pooled over 10 steps: 0.925 <= 0.95
+    assert math.isnan(reports[8].metrics["health/zero_std_pooled"])  # not yet 10 steps
+    assert reports[9].metrics["health/zero_std_pooled"] == pytest.approx(0.925)
+    collapsed = [alarm.update(replace(HEALTHY, zero_std_ratio=1.0)) for _ in range(12)]
+    # the 0.5 leaves the window at the 9th step (then every pooled value is 1.0), and patience adds two more
+    assert [bool(r.fired) for r in collapsed] == [False] * 10 + [True] * 2
 
 
 def test_below_thresholds_and_disabled_signals_stay_quiet():
