@@ -80,3 +80,18 @@ def test_the_gpu_checks_model_loads_as_llada_does_and_trains_one_lora_step(tmp_p
         "up_proj",
         "ff_out",
     }
+
+
+def test_replaying_the_alarm_with_another_window_gives_the_flag_step(tmp_path):
+    import replay_alarm
+
+    from dipod.config import HealthConfig
+
+    healthy = {"health/effective_tokens": 16.0, "health/empty_frac": 0.0, "health/repeat_frac": 0.0,
+               "health/group_identical_frac": 0.0, "health/degenerate_frac": 0.0, "health/token_nll": 0.4,
+               "health/token_confidence": 0.7, "health/elbo_per_token": -0.5}  # fmt: skip
+    ratios = [0.5] * 5 + [1.0] * 3 + [0.5] * 5 + [1.0] * 12
+    rows = [{"step": i + 1, **healthy, "health/zero_std_ratio": r} for i, r in enumerate(ratios)]
+    assert replay_alarm.replay(rows, HealthConfig(zero_std_window=1)) == "8 (zero_std)"  # three lucky steps
+    assert replay_alarm.replay(rows, HealthConfig(zero_std_window=10)) == "25 (zero_std)"  # 10 all-equal + patience
+    assert replay_alarm.replay(rows[:20], HealthConfig(zero_std_window=10)) == "—"
