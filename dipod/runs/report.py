@@ -165,6 +165,36 @@ def _table(runs_by_variant: dict[str, list[RunRecord]]) -> tuple[list[str], dict
     return lines, numbers
 
 
+IGNORED_SETTINGS = ("seed", "name")
+"""Top-level config keys that differ between the seeds of one variant by design."""
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Dotted keys to printed values of a nested config (lists and scalars as leaves)."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        if not prefix and key in IGNORED_SETTINGS:
+            continue
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = f"{value:g}" if isinstance(value, float) else str(value)
+    return flat
+
+
+def split_by_settings(label: str, runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
+    """Runs that share a derived variant label but not their settings (an lr grid, say), as separate variants:
+    the label plus each setting that differs within the group, e.g. ``FPO, optim.lr=1e-05``."""
+    flats = [_flat(r.config) for r in runs]
+    shared = sorted(set.intersection(*(set(f) for f in flats)))  # a key missing from older configs is no difference
+    differing = [k for k in shared if len({f[k] for f in flats}) > 1]
+    groups: dict[str, list[RunRecord]] = defaultdict(list)
+    for run, flat in zip(runs, flats, strict=True):
+        suffix = ", ".join(f"{k}={flat[k]}" for k in differing)
+        groups[f"{label}, {suffix}" if suffix else label].append(run)
+    return groups
+
+
 def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> list[Path]:
     """Plots (PNG) and report.md comparing ``run_dirs``; returns the files written."""
     out_dir = Path(out_dir)
@@ -173,6 +203,12 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> list[Path]:
     experiments: dict[str, dict[str, list[RunRecord]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
         experiments[run.experiment][run.variant].append(run)
+    for experiment, by_label in experiments.items():
+        experiments[experiment] = {
+            variant: group
+            for label, runs_of in by_label.items()
+            for variant, group in split_by_settings(label, runs_of).items()
+        }
 
     written: list[Path] = []
     md = ["# dipod report", "", f"{len(runs)} runs. Values are mean ± std over seeds (sample std).", ""]

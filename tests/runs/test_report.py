@@ -59,3 +59,21 @@ def test_mean_std_over_runs_aligns_on_common_range():
     np.testing.assert_allclose(grid, [1.0, 2.0, 3.0])
     np.testing.assert_allclose(mean, [(1 + 3) / 2, (2 + 4) / 2, (3 + 5) / 2])
     np.testing.assert_allclose(std, [1.0, 1.0, 1.0])
+
+
+def test_runs_with_one_label_but_other_settings_are_separate_variants(tmp_path):
+    from pathlib import Path
+
+    from dipod.runs.report import RunRecord, split_by_settings
+
+    def record(seed: int, lr: float, extra: dict | None = None) -> RunRecord:
+        config = {"domain": "language", "seed": seed, "name": f"r{seed}", "optim": {"lr": lr, **(extra or {})}}
+        return RunRecord(Path(f"r{seed}-{lr}"), config, [])
+
+    runs = [record(0, 1e-5), record(1, 1e-5), record(0, 1e-4, {"new_key": 1})]  # an older config lacks new_key
+    groups = split_by_settings("FPO", runs)
+    assert {k: [r.config["seed"] for r in v] for k, v in groups.items()} == {
+        "FPO, optim.lr=1e-05": [0, 1],
+        "FPO, optim.lr=0.0001": [0],
+    }
+    assert list(split_by_settings("FPO", runs[:2])) == ["FPO"]  # seeds alone differ: one variant
