@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 
 from dipod.diagnostics.plots import mean_std_over_runs
 from dipod.objectives import make_params
 from dipod.runs import run_training
-from dipod.runs.report import load_run, write_report
+from dipod.runs.report import RunRecord, load_run, split_by_settings, write_report
 from tests.runs.fake_trainer import FakeTrainer, fake_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -61,11 +62,7 @@ def test_mean_std_over_runs_aligns_on_common_range():
     np.testing.assert_allclose(std, [1.0, 1.0, 1.0])
 
 
-def test_runs_with_one_label_but_other_settings_are_separate_variants(tmp_path):
-    from pathlib import Path
-
-    from dipod.runs.report import RunRecord, split_by_settings
-
+def test_runs_with_one_label_but_other_settings_are_separate_variants():
     def record(seed: int, lr: float, extra: dict | None = None) -> RunRecord:
         config = {"domain": "language", "seed": seed, "name": f"r{seed}", "optim": {"lr": lr, **(extra or {})}}
         return RunRecord(Path(f"r{seed}-{lr}"), config, [])
