@@ -291,6 +291,8 @@ def demo(
         report_dir = run_demo(out, budget=budget, quiet=quiet, jobs=jobs)
     except ConfigError as exc:
         raise _fail(str(exc), EXIT_CONFIG) from None
+    if report_dir is None:
+        raise typer.Exit(EXIT_INTERRUPTED)
     typer.echo(f"demo finished: report in {report_dir / 'report.md'}")
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 
 from dipod.runs.config import RunConfig, load_config
-from dipod.runs.grid import GridRun, default_jobs, run_grid
+from dipod.runs.grid import NOT_STARTED, GridRun, default_jobs, run_grid
 
 DIPOD_BETA = 0.05
 
@@ -88,11 +88,11 @@ def run_demo(
     quiet: bool = False,
     jobs: int | None = None,
     domains: tuple[str, ...] = ("language", "control"),
-) -> Path:
+) -> Path | None:
     """Train every demo run into OUT/runs/, write OUT/report/, and return the report folder.
 
     The runs go through ``run_grid`` (``jobs`` at a time); runs already finished in OUT are kept and runs
-    cut short are resumed, so the demo can be re-run.
+    cut short are resumed, so the demo can be re-run. Returns None, with no report, when a signal stopped it.
     """
     from dipod.runs.report import write_report
 
@@ -113,7 +113,10 @@ def run_demo(
         say(f"[{i}/{len(runs)}] {run.name}: {info['status']}, final reward {reward_text}, {info['wall_s']:.0f} s",
             markup=False)  # fmt: skip
 
-    run_grid(runs, jobs=jobs, quiet=quiet, on_done=done)
+    infos = run_grid(runs, jobs=jobs, quiet=quiet, on_done=done)
+    if any(info["status"] in ("interrupted", NOT_STARTED["status"]) for info in infos):
+        say(f"demo interrupted after {time.monotonic() - started:.0f} s: the same command continues it", markup=False)
+        return None
     report_dir = out / "report"
     write_report([run.run_dir for run in runs], report_dir)
     if not quiet:

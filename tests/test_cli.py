@@ -196,6 +196,19 @@ def test_sft_tiny_without_the_control_extra(tmp_path):
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2  # a run directory of the one loop
 
 
+def test_an_interrupted_demo_exits_130_without_a_report(tmp_path, monkeypatch):
+    import dipod.demo
+    from dipod.runs.grid import NOT_STARTED
+
+    def interrupted_grid(runs, **kwargs):
+        return [{"status": "interrupted", "final_reward": None, "wall_s": 1.0}] + [dict(NOT_STARTED)] * (len(runs) - 1)
+
+    monkeypatch.setattr(dipod.demo, "run_grid", interrupted_grid)
+    result = in_process(monkeypatch, "demo", "--budget", "small", "--out", tmp_path / "demo", "--quiet")
+    assert result.exit_code == 130
+    assert not (tmp_path / "demo" / "report").exists()  # no report of runs that did not finish
+
+
 def test_demo_small_then_eval(tmp_path):
     """The demo end to end with real trainers (language and control), then `dipod eval` on a language run."""
     out = tmp_path / "demo"

@@ -6,16 +6,19 @@ short (a killed session) continue from their last checkpoint, so re-running a gr
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dipod.runs.config import RunConfig
+from dipod.runs.interrupt import InterruptFlag
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,8 @@ def run_grid(
     independent and seeded, so results do not depend on ``jobs``); with 1 they train here, one after
     another, with a progress bar each unless ``quiet``. A run stopped by a signal (Ctrl-C, SIGTERM: it
     checkpoints) stops the grid: runs not yet started stay so (status ``not started``), and running the
-    grid again continues where it stopped.
+    grid again continues where it stopped. With workers, a signal sent to this process alone is passed on to
+    them, so it stops the grid in the same way.
     """
     jobs = jobs or default_jobs()
     infos: list[dict[str, Any]] = [dict(NOT_STARTED) for _ in runs]
@@ -77,21 +81,39 @@ def run_grid(
                 break
         return infos
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        futures = {pool.submit(train_one, run.cfg, run.run_dir, True, 1): i for i, run in enumerate(runs)}
-        try:
-            done = 0
-            for future in as_completed(futures):
-                if future.cancelled():
-                    continue
-                i, done = futures[future], done + 1
+    say = _silent if quiet else _to_stderr
+    with (
+        ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool,
+        InterruptFlag(say, forward=_signal_workers) as interrupt,
+    ):
+        waiting = iter(range(len(runs)))
+        running: dict[Future, int] = {}
+        done, stop = 0, False
+        while True:
+            # Runs are handed to the pool one per free worker, so that after a stop none is left queued in it.
+            while not (stop or interrupt.raised) and len(running) < jobs and (i := next(waiting, None)) is not None:
+                running[pool.submit(train_one, runs[i].cfg, runs[i].run_dir, True, 1)] = i
+            if not running:
+                return infos
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                i, done = running.pop(future), done + 1
                 infos[i] = future.result()
                 if on_done is not None:
                     on_done(done, runs[i], infos[i])
-                if infos[i]["status"] == "interrupted":
-                    for pending in futures:
-                        pending.cancel()  # only runs not yet started can be cancelled
-        except KeyboardInterrupt:  # the workers got the signal too and are checkpointing
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-    return infos
+                stop = stop or infos[i]["status"] == "interrupted"
+
+
+def _signal_workers(signum: int) -> None:
+    """Pass a signal on to the pool's worker processes (this process's multiprocessing children)."""
+    for worker in multiprocessing.active_children():
+        with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
+            os.kill(worker.pid, signum)
+
+
+def _silent(message: str) -> None:
+    pass
+
+
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

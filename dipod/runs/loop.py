@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from dipod.checkpoints import (
 from dipod.config import ConfigError, dump_config
 from dipod.runs.config import RunConfig, validate_config
 from dipod.runs.hooks import Hook, hooks_for
+from dipod.runs.interrupt import InterruptFlag
 from dipod.runs.metrics import MetricsFile, NullSink, Sinks, TensorBoardSink, WandbSink, clean_value, read_metrics
 from dipod.runs.progress import RunProgress
 from dipod.runs.rng import global_rng_state, seed_globals, set_global_rng_state
@@ -146,37 +146,6 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=clean_value) + "\n")
     tmp.replace(path)
-
-
-class _InterruptFlag:
-    """SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption or time limit, ``timeout``) sets a flag so the loop
-    finishes its step and checkpoints; a second signal aborts at once."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, say: Callable[[str], None]) -> None:
-        self.raised = False
-        self._say = say
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _InterruptFlag:
-        try:
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-        except ValueError:  # not the main thread: no handler, the signals behave as usual
-            self._previous = {}
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.raised:
-            raise KeyboardInterrupt
-        self.raised = True
-        self._say(
-            f"{signal.Signals(signum).name}: finishing this step and writing a checkpoint (again to abort without one)"
-        )
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
 
 
 # --------------------------------------------------------------------------- run directory and trainer
@@ -434,7 +403,7 @@ def run_training(
         set_global_rng_state(payload["rng"])
     run = _Run(cfg, run_dir, trainer, all_hooks, payload, writer, say)
     try:
-        with progress, _InterruptFlag(say) as interrupt:
+        with progress, InterruptFlag(say) as interrupt:
             progress.update(trainer.step, run.rows[-1] if run.rows else {})
             _train(run, progress, interrupt)
     except BaseException as exc:
@@ -447,7 +416,7 @@ def run_training(
     return RunResult(run_dir, run.status, trainer.step, summary)
 
 
-def _train(run: _Run, progress: RunProgress, interrupt: _InterruptFlag) -> None:
+def _train(run: _Run, progress: RunProgress, interrupt: InterruptFlag) -> None:
     """Steps until the configured count, a stop reason or an interrupt; checkpoints on schedule and at the end."""
     trainer, train = run.trainer, run.cfg.train
     if train.eval_at_start and trainer.step == 0 and not run.rows:
