@@ -27,6 +27,21 @@ def test_smoke_spec_runs_resumes_and_summarises(tmp_path, monkeypatch):
     assert experiments.main([str(spec), "--jobs", "1"]) == 0  # finished runs are kept, not trained again
     assert (tmp_path / "runs" / "smoke" / "release_fpo-seed0" / "metrics.jsonl").read_text() == before
 
+    import long_gap  # the after-the-fact gap, on the same runs
+
+    monkeypatch.setattr(long_gap, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(long_gap, "RESULTS", tmp_path / "results")
+    gaps = tmp_path / "results" / "smoke" / "long_gap.json"
+    assert long_gap.main(["smoke", "--orders", "8", "--prompts", "1"]) == 0
+    first = json.loads(gaps.read_text())
+    assert set(first) == {"base", "release_fpo-seed0", "release_fpo_dipod-seed0"}
+    assert first["base"]["step"] == 0 and first["release_fpo-seed0"]["step"] == 2
+    for policy in first.values():
+        assert policy["gap@8"] >= 0 and policy["loglik@8"] >= policy["elbo"]  # log-mean-exp >= mean
+    gaps.unlink()
+    assert long_gap.main(["smoke", "--orders", "8", "--prompts", "1"]) == 0
+    assert json.loads(gaps.read_text()) == first  # the same prompts, completions and orders for a rerun
+
 
 def test_a_bad_variant_names_the_spec_and_the_key(tmp_path):
     spec = tmp_path / "bad.yaml"
