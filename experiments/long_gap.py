@@ -9,8 +9,8 @@ code), draws ``--orders`` random orders per completion, and reports
 
 - ``elbo``: the mean over orders of the any-order AR log-likelihood (per completion, nats),
 - ``loglik@K``: the K-order importance-weighted bound on log pi, for K = 8, 32, ... up to ``--orders`` (the first
-  K of the same orders), and ``gap@K`` = ``loglik@K`` - ``elbo``: a lower bound on the true gap, growing with K in expectation;
-  how far it still moves from K/4 to K says how far it is from the true gap,
+  K of the same orders), and ``gap@K`` = ``loglik@K`` - ``elbo``: a lower bound on the true gap, growing with K
+  in expectation; how far it still moves from K/4 to K says how far it is from the true gap,
 - ``tokens``: scored tokens per completion, ``reward``: the completions' mean reward.
 
     PYTHONPATH=. python experiments/long_gap.py sort_release --orders 128 --prompts 2
