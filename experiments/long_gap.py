@@ -77,6 +77,12 @@ def measure(run_dir: Path, *, base: bool, prompts: int, orders: int, seed: int) 
         trainer.close()
 
 
+def finished(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a run that has ended (its last checkpoint is its final policy)."""
+    summary = run_dir / "summary.json"
+    return summary.exists() and json.loads(summary.read_text()).get("status") in ("completed", "stopped")
+
+
 def table(results: dict[str, dict[str, float]]) -> str:
     """Markdown: mean ± std over seeds of each variant's figures."""
     variants: dict[str, list[dict[str, float]]] = {}
@@ -97,13 +103,13 @@ def table(results: dict[str, dict[str, float]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("name", help="experiment name: its runs are experiments/runs/NAME/VARIANT-seedS")
-    parser.add_argument("--variants", nargs="*", help="variants to measure (default: every one with a checkpoint)")
+    parser.add_argument("--variants", nargs="*", help="variants to measure (default: every finished one)")
     parser.add_argument("--orders", type=int, default=128)
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1234, help="prompts, completions and orders")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    runs = sorted(p for p in (RUNS / args.name).iterdir() if (p / "checkpoints").is_dir())
+    runs = sorted(p for p in (RUNS / args.name).iterdir() if finished(p))
     if args.variants:
         runs = [p for p in runs if p.name.rsplit("-seed", 1)[0] in args.variants]
     out = RESULTS / args.name / "long_gap.json"
