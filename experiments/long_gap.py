@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2) + "\n")
         print(name, json.dumps(results[name]), flush=True)
-    print(table({k: {n: v for n, v in r.items() if n != "settings"} for k, r in results.items()}))
+    measured = {k: r for k, r in results.items() if r["settings"] == settings}  # others have other gap@K columns
+    print(table({k: {n: v for n, v in r.items() if n != "settings"} for k, r in measured.items()}))
     return 0
 
 
